@@ -1,0 +1,1 @@
+"""PPO-Clip on PyTorch and Gymnasium."""

@@ -1,0 +1,3 @@
+from ppo.cli import main
+
+main()

@@ -1,0 +1,215 @@
+"""The `ppo` command: train, eval, presets, plot, layers."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import re
+import sys
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ppo.config import Config, ConfigError, from_dict, load_toml
+
+# Settings that may change when a run is resumed; the rest define the run.
+RESUMABLE = {"total_timesteps", "device", "threads", "checkpoint_every", "tensorboard"}
+OPTION_NAMES = {"env_id": "--env"}
+
+
+class UserError(click.ClickException):
+    """One line on stderr, exit status 2, no traceback."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def _run_guarded(fn: Callable[[], Any]) -> Any:
+    from ppo.checkpoint import CheckpointError
+    from ppo.rollout import EnvValueError
+
+    try:
+        return fn()
+    except (ConfigError, CheckpointError, EnvValueError) as e:
+        raise UserError(str(e)) from None
+    except OSError as e:
+        raise UserError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
+
+
+def _config_options(command: Callable) -> Callable:
+    """One flag per Config field, help and default taken from the dataclass."""
+    for f in reversed(dataclasses.fields(Config)):
+        name = OPTION_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        help_text = f"{f.metadata['help']}  [default: {shown}]"
+        if f.type == "bool":
+            decl = f"{name}/--no-{name[2:]}"
+            command = click.option(decl, f.name, default=None, help=help_text)(command)
+            continue
+        kind: Any = {"int": int, "float": float, "float | None": float}.get(f.type, str)
+        if "choices" in f.metadata:
+            kind = click.Choice(f.metadata["choices"])
+        metavar = "W1,W2" if f.type == "list[int]" else None
+        command = click.option(name, f.name, type=kind, default=None, metavar=metavar,
+                               help=help_text)(command)
+    return command
+
+
+def _parse_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    given = {k: v for k, v in flags.items() if v is not None}
+    if "hidden_sizes" in given:
+        try:
+            given["hidden_sizes"] = [int(w) for w in given["hidden_sizes"].split(",")]
+        except ValueError:
+            raise ConfigError(
+                f"hidden_sizes must be comma-separated integers, got {given['hidden_sizes']!r}"
+            ) from None
+    return given
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("ppo.presets").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    if name not in preset_names():
+        raise ConfigError(f"unknown preset {name!r}; `ppo presets` lists them")
+    return load_toml(Path(str(resources.files("ppo.presets") / f"{name}.toml")))
+
+
+def default_run_dir(cfg: Config) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    env = re.sub(r"[^A-Za-z0-9._-]+", "_", cfg.env_id)
+    return str(Path("runs") / f"{env}__{cfg.seed}__{stamp}")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """Proximal Policy Optimization (PPO-Clip) on PyTorch and Gymnasium."""
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(path_type=Path),
+              help="TOML file of settings; flags override it.")
+@click.option("--preset", help="A shipped hyperparameter preset (see `ppo presets`).")
+@click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
+              help="Continue the run in this directory from its last checkpoint.")
+@click.option("--quiet", is_flag=True, help="No per-update lines.")
+@_config_options
+def train(config_file: Path | None, preset: str | None, resume_dir: Path | None, quiet: bool,
+          **flags: Any) -> None:
+    """Train an agent. Plain `ppo train` trains LunarLander-v3 with the seed's settings."""
+    from ppo.trainer import PPO
+
+    def run() -> None:
+        given = _parse_flags(flags)
+        if resume_dir is not None:
+            fixed = sorted(set(given) - RESUMABLE)
+            if fixed or config_file or preset:
+                raise ConfigError(
+                    "a resumed run keeps its config; only "
+                    f"{', '.join(sorted(RESUMABLE))} may be given with --resume")
+            agent = PPO.resume(resume_dir, verbose=not quiet, **given)
+            click.echo(f"resuming {resume_dir} at update {agent.update}, "
+                       f"step {agent.global_step}", err=True)
+        else:
+            values = load_preset(preset) if preset else {}
+            if config_file is not None:
+                values.update(load_toml(config_file))
+            values.update(given)
+            cfg = from_dict(values)
+            if cfg.run_dir is None:
+                cfg = cfg.replace(run_dir=default_run_dir(cfg))
+            if (Path(cfg.run_dir) / "config.toml").exists():
+                raise ConfigError(
+                    f"{cfg.run_dir} already holds a run; use --resume or another --run-dir")
+            agent = PPO(cfg, verbose=not quiet)
+            click.echo(f"run directory: {cfg.run_dir}", err=True)
+        try:
+            agent.learn()
+        finally:
+            agent.close()
+
+    _run_guarded(run)
+
+
+@main.command("eval")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--episodes", default=100, show_default=True, type=click.IntRange(min=1))
+@click.option("--deterministic", is_flag=True, help="Take the mode of the policy.")
+@click.option("--checkpoint", type=click.Path(path_type=Path),
+              help="Checkpoint file (default: the run's latest).")
+@click.option("--seed", default=10_000, show_default=True,
+              help="Seed of the evaluation episodes, kept apart from training seeds.")
+@click.option("--video", type=click.Path(path_type=Path), help="Record one episode to this .mp4.")
+def eval_command(run_dir: Path, episodes: int, deterministic: bool, checkpoint: Path | None,
+                 seed: int, video: Path | None) -> None:
+    """Mean and std of the return of a trained agent, over fresh episodes."""
+    from ppo.evaluation import evaluate, record_video
+    from ppo.trainer import PPO
+
+    def run() -> None:
+        if not run_dir.is_dir():
+            raise ConfigError(f"run directory not found: {run_dir}")
+        agent = PPO.load(checkpoint or run_dir, verbose=False, num_envs=1, vector="sync")
+        returns = evaluate(agent, episodes, deterministic, seed)
+        mode = "deterministic" if deterministic else "stochastic"
+        click.echo(f"{agent.config.env_id}: return {returns.mean():.1f} +- {returns.std():.1f} "
+                   f"over {episodes} episodes ({mode}, update {agent.update})")
+        if video is not None:
+            click.echo(f"video: {record_video(agent, video, deterministic, seed)}")
+        agent.close()
+
+    _run_guarded(run)
+
+
+@main.command()
+def presets() -> None:
+    """List the shipped hyperparameter presets."""
+    for name in preset_names():
+        values = load_preset(name)
+        click.echo(f"{name:24s} {values.get('env_id', '')}")
+
+
+@main.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--eps", default=0.2, show_default=True, help="Clip range for `plot objective`.")
+@click.option("--out", type=click.Path(path_type=Path), help="Output image (.png, .pdf, .svg).")
+def plot(targets: tuple[str, ...], eps: float, out: Path | None) -> None:
+    """`ppo plot objective`: L^CLIP against r. `ppo plot RUN_DIR...`: learning curves."""
+    from ppo import figures
+
+    def run() -> None:
+        if targets == ("objective",):
+            path = figures.plot_objective(eps, out or Path(f"objective_eps{eps}.png"))
+        else:
+            dirs = [Path(t) for t in targets]
+            path = figures.plot_runs(dirs, out or dirs[0] / "curves.png")
+        click.echo(str(path))
+
+    try:
+        _run_guarded(run)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+@main.command()
+@click.argument("layer", type=click.Choice(["numpy"]))
+@click.option("--env", "env_id", default="CartPole-v1", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+def layers(layer: str, env_id: str, seed: int) -> None:
+    """The seed's first layer: PPO-Clip in NumPy with hand-derived gradients."""
+    from ppo.reference.numpy_ppo import train as numpy_train
+
+    _run_guarded(lambda: numpy_train(env_id=env_id, seed=seed))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

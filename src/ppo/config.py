@@ -1,0 +1,163 @@
+"""Every hyperparameter of a run: its default, its meaning and its validation.
+
+Defaults are the seed's standard setup (Schulman 2017 for Atari/MuJoCo, the seed's
+LunarLander exercise). Field help strings feed `ppo train --help` directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """Bad user input: reported as one line, never as a traceback."""
+
+
+def _f(default: Any, help: str, **extra: Any) -> Any:
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class Config:
+    env_id: str = _f("LunarLander-v3", "Gymnasium env id, or 'module:Class' entry point.")
+    seed: int = _f(0, "Seed for torch, NumPy, the envs and the action sampler.")
+    total_timesteps: int = _f(1_500_000, "Env steps to train for, summed over envs.")
+    num_envs: int = _f(1, "Parallel envs; each fills rollout_steps per update.")
+    vector: str = _f(
+        "auto",
+        "Vectorization: sync (in-process), async (subprocesses), native (the env's own "
+        "vectorized class) or auto (native when the env has one and num_envs >= 8, else sync).",
+        choices=("auto", "sync", "async", "native"),
+    )
+    device: str = _f("cpu", "Torch device for the learner: cpu or cuda.")
+    threads: int = _f(1, "Torch CPU threads; 1 is fastest for small MLPs and deterministic.")
+
+    rollout_steps: int = _f(2048, "Steps collected per env per update (the rollout length T).")
+    minibatch_size: int = _f(64, "Samples per gradient step.")
+    epochs: int = _f(4, "K: passes over each rollout, freshly shuffled each time.")
+    lr: float = _f(3e-4, "Adam learning rate.")
+    anneal_lr: bool = _f(False, "Decay the learning rate linearly to 0 over the run.")
+    adam_eps: float = _f(1e-5, "Adam epsilon (1e-5 as in the reference implementations).")
+    gamma: float = _f(0.99, "Discount factor.")
+    gae_lambda: float = _f(0.95, "GAE bias-variance knob.")
+    clip_eps: float = _f(0.2, "Clip range of the importance ratio: [1-eps, 1+eps].")
+    clip_value: bool = _f(True, "Clip the value update around the rollout-time value.")
+    value_clip_eps: float = _f(0.2, "Clip range of the value update.")
+    vf_coef: float = _f(0.5, "Weight of the value loss.")
+    ent_coef: float = _f(0.01, "Weight of the entropy bonus.")
+    max_grad_norm: float = _f(0.5, "Global gradient-norm clip; 0 turns it off.")
+    target_kl: float | None = _f(
+        None, "Stop the epoch loop early once approx KL exceeds this; unset turns it off."
+    )
+    norm_adv: str = _f(
+        "batch",
+        "Advantage normalization: batch (the seed), minibatch (CleanRL, SB3) or off.",
+        choices=("batch", "minibatch", "off"),
+    )
+
+    hidden_sizes: list[int] = _f([64, 64], "Hidden layer widths of each MLP.")
+    shared_trunk: bool = _f(
+        False, "One trunk for policy and value (the seed's layer 3) instead of two networks."
+    )
+    init_log_std: float = _f(0.0, "Initial log standard deviation of a Gaussian policy.")
+    normalize_obs: bool = _f(False, "Normalize observations by running mean and variance.")
+    normalize_reward: bool = _f(
+        False, "Scale rewards by the running std of the discounted return."
+    )
+    obs_clip: float = _f(10.0, "Clip normalized observations to +-obs_clip.")
+    reward_clip: float = _f(10.0, "Clip scaled rewards to +-reward_clip.")
+
+    run_dir: str | None = _f(None, "Run directory (default runs/<env>__<seed>__<time>).")
+    checkpoint_every: int = _f(50, "Write a checkpoint every N updates (and always at the end).")
+    tensorboard: bool = _f(True, "Write TensorBoard event files into the run directory.")
+
+    @property
+    def batch_size(self) -> int:
+        return self.rollout_steps * self.num_envs
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, self.total_timesteps // self.batch_size)
+
+    def validate(self) -> Config:
+        """Raise ConfigError naming the first bad value; return self for chaining."""
+        positive_ints = ("total_timesteps", "num_envs", "threads", "rollout_steps",
+                         "minibatch_size", "epochs", "checkpoint_every")
+        for name in positive_ints:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "clip_eps", "value_clip_eps", "adam_eps", "obs_clip", "reward_clip"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("gamma", "gae_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("vf_coef", "ent_coef", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.target_kl is not None and not self.target_kl > 0:
+            raise ConfigError(f"target_kl must be > 0 when set, got {self.target_kl}")
+        if self.minibatch_size > self.batch_size:
+            raise ConfigError(
+                f"minibatch_size {self.minibatch_size} is larger than the rollout "
+                f"({self.rollout_steps} steps x {self.num_envs} envs = {self.batch_size})"
+            )
+        if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
+            raise ConfigError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(
+                    f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}"
+                )
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def replace(self, **changes: Any) -> Config:
+        return from_dict({**self.to_dict(), **changes})
+
+def _coerce(name: str, value: Any, annotation: str) -> Any:
+    """Check a TOML value against the field's declared type, allowing int where float fits."""
+    expected = {
+        "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
+        "float | None": (int, float), "str | None": (str,), "list[int]": (list,),
+    }[annotation]
+    if isinstance(value, bool) and bool not in expected:
+        raise ConfigError(f"{name} must be {annotation}, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(f"{name} must be {annotation}, got {value!r}")
+    if annotation == "list[int]" and not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise ConfigError(f"{name} must be a list of integers, got {value!r}")
+    return float(value) if "float" in annotation else value
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Build a validated Config; unknown keys and wrong types are errors that name them."""
+    fields = {f.name: f for f in dataclasses.fields(Config)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key(s): {', '.join(unknown)}")
+    typed = {k: _coerce(k, v, fields[k].type) for k, v in values.items() if v is not None}
+    return Config(**typed).validate()
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML config file into a plain dict (validated later, with flags merged in)."""
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None

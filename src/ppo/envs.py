@@ -1,0 +1,99 @@
+"""Env construction and vectorization, and the check that the engine supports its spaces."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from functools import partial
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from ppo.config import Config, ConfigError
+
+EnvSource = str | gym.Env | Callable[[], gym.Env] | VectorEnv
+
+# Below this many envs a native vectorized env is slower than stepping Python envs in turn.
+NATIVE_MIN_ENVS = 8
+
+
+def _make_one(spec: EnvSpec) -> gym.Env:
+    return gym.make(spec)
+
+
+def env_spec(env_id: str) -> EnvSpec:
+    """Spec of a registered id, of 'module:Id' (importing module registers Id), or of a
+    'module:Class' entry point."""
+    if ":" in env_id:
+        module, name = env_id.split(":", 1)
+        try:
+            importlib.import_module(module)
+        except Exception as e:
+            raise ConfigError(f"cannot import {module!r} for env {env_id!r}: {e}") from None
+        if name in gym.registry:
+            return gym.spec(name)
+        return EnvSpec(id=name, entry_point=env_id)
+    try:
+        return gym.spec(env_id)
+    except gym.error.Error as e:
+        raise ConfigError(f"unknown env id {env_id!r}: {e}") from None
+
+
+def make_vector_env(cfg: Config, source: EnvSource | None = None) -> VectorEnv:
+    """A vector env of cfg.num_envs copies; a passed Env instance allows only num_envs=1."""
+    if isinstance(source, VectorEnv):
+        return source
+    if isinstance(source, gym.Env):
+        if cfg.num_envs != 1:
+            raise ConfigError("an Env instance gives one env; pass a factory for num_envs > 1")
+        env_fns = [lambda: source]
+    elif callable(source):
+        env_fns = [source] * cfg.num_envs
+    else:
+        spec = env_spec(cfg.env_id)
+        mode = cfg.vector
+        if mode == "auto":
+            native = spec.vector_entry_point is not None and cfg.num_envs >= NATIVE_MIN_ENVS
+            mode = "native" if native else "sync"
+        if mode == "native":
+            if spec.vector_entry_point is None:
+                raise ConfigError(f"{cfg.env_id} has no native vectorized implementation")
+            return gym.make_vec(spec, cfg.num_envs, vectorization_mode="vector_entry_point")
+        env_fns = [partial(_make_one, spec)] * cfg.num_envs
+        if mode == "async":
+            return gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    try:
+        return gym.vector.SyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    except Exception as e:  # an env's constructor can raise anything; report it as one line
+        raise ConfigError(f"cannot make env {cfg.env_id!r}: {type(e).__name__}: {e}") from None
+
+
+def obs_dim(space: spaces.Space) -> int:
+    """Width of the flat float vector the networks see; raises for unsupported spaces."""
+    if isinstance(space, spaces.Box):
+        return int(np.prod(space.shape))
+    if isinstance(space, spaces.Discrete):
+        return int(space.n)
+    raise ConfigError(
+        f"unsupported observation space {type(space).__name__}: ppo takes Box or Discrete"
+    )
+
+
+def check_action_space(space: spaces.Space) -> None:
+    if isinstance(space, spaces.Discrete):
+        return
+    if isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating):
+        return
+    raise ConfigError(
+        f"unsupported action space {type(space).__name__}: ppo takes Discrete or float Box"
+    )
+
+
+def encode_obs(space: spaces.Space, obs: np.ndarray) -> np.ndarray:
+    """A (N, ...) batch of raw observations as (N, obs_dim) float32: flattened, or one-hot."""
+    if isinstance(space, spaces.Discrete):
+        return np.eye(space.n, dtype=np.float32)[np.asarray(obs) - space.start]
+    return np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)

@@ -1,0 +1,1 @@
+"""The seed's first two layers in NumPy: oracles the engine is tested against."""

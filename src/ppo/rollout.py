@@ -1,0 +1,187 @@
+"""The collector: steps the envs under pi_old and records a rollout, minding episode boundaries.
+
+Gymnasium 1.x vector envs reset a finished sub-env either on the same step (SAME_STEP: the
+final observation arrives in info["final_obs"]) or on the next one (NEXT_STEP: the step after
+an episode ends is a reset whose action is ignored). Both are handled: a transition never
+crosses a reset, and a NEXT_STEP reset step is marked invalid so it is never trained on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+
+from ppo.envs import encode_obs
+from ppo.normalization import ObsNormalizer, RewardScaler
+from ppo.policy import InferencePolicy
+
+
+class EnvValueError(RuntimeError):
+    """An env returned NaN or Inf: names the step and env index."""
+
+
+@dataclass
+class Rollout:
+    """T steps of N envs. Observations are as the policy saw them (normalized if enabled)."""
+
+    obs: np.ndarray  # (T, N, obs_dim) float32
+    actions: np.ndarray  # (T, N) int64, or (T, N, act_dim) float32 as sampled (unclipped)
+    rewards: np.ndarray  # (T, N) float32, scaled if reward scaling is on
+    terminated: np.ndarray  # (T, N) bool: no bootstrap
+    episode_end: np.ndarray  # (T, N) bool: terminated or truncated, GAE is cut here
+    valid: np.ndarray  # (T, N) bool: False on NEXT_STEP reset steps
+    last_obs: np.ndarray  # (N, obs_dim): s_T, the bootstrap observation
+    final_steps: tuple[np.ndarray, np.ndarray]  # (t, n) of SAME_STEP episode ends
+    final_obs: np.ndarray  # (F, obs_dim): the true successor at those steps
+
+
+class EpisodeStats:
+    """Undiscounted returns and lengths of finished episodes, from raw env rewards."""
+
+    def __init__(self, num_envs: int, window: int = 100) -> None:
+        self.returns = np.zeros(num_envs, np.float64)
+        self.lengths = np.zeros(num_envs, np.int64)
+        self.recent: deque[tuple[float, int]] = deque(maxlen=window)
+        self.episodes = 0
+
+    def step(self, rewards: np.ndarray, valid: np.ndarray, ended: np.ndarray) -> None:
+        self.returns += np.where(valid, rewards, 0.0)
+        self.lengths += valid
+        for i in np.flatnonzero(ended):
+            self.recent.append((float(self.returns[i]), int(self.lengths[i])))
+            self.episodes += 1
+        self.returns[ended] = 0.0
+        self.lengths[ended] = 0
+
+    def reset_partial(self) -> None:
+        """Forget unfinished episodes (after the envs were reset on resume)."""
+        self.returns[:] = 0.0
+        self.lengths[:] = 0
+
+    def mean_return(self) -> float:
+        return float(np.mean([r for r, _ in self.recent])) if self.recent else float("nan")
+
+    def mean_length(self) -> float:
+        return float(np.mean([n for _, n in self.recent])) if self.recent else float("nan")
+
+
+class Collector:
+    """Owns the envs' current state between rollouts: observation, pending resets, episodes."""
+
+    def __init__(
+        self,
+        envs: VectorEnv,
+        policy: InferencePolicy,
+        rng: np.random.Generator,
+        obs_normalizer: ObsNormalizer | None,
+        reward_scaler: RewardScaler | None,
+    ) -> None:
+        self.envs, self.policy, self.rng = envs, policy, rng
+        self.obs_normalizer, self.reward_scaler = obs_normalizer, reward_scaler
+        self.obs_space = envs.single_observation_space
+        action_space = envs.single_action_space
+        self.action_bounds = (
+            (action_space.low, action_space.high) if isinstance(action_space, spaces.Box) else None
+        )
+        self.action_shape = action_space.shape
+        self.action_dtype = np.int64 if isinstance(action_space, spaces.Discrete) else np.float32
+        self.next_step_reset = envs.metadata.get("autoreset_mode") == AutoresetMode.NEXT_STEP
+        self.num_envs = envs.num_envs
+        self.episodes = EpisodeStats(self.num_envs)
+        self.obs: np.ndarray | None = None
+        self.pending_reset = np.zeros(self.num_envs, bool)
+        self.time_env = self.time_act = 0.0
+
+    def reset(self, seed: int) -> None:
+        raw, _ = self.envs.reset(seed=seed)
+        self.envs.action_space.seed(seed)
+        self.obs = self._observe(raw, update=True)
+        self.pending_reset[:] = False
+        self.episodes.reset_partial()
+
+    def take_timings(self) -> tuple[float, float]:
+        """Seconds spent in env.step and in choosing actions since the last call."""
+        timings = (self.time_env, self.time_act)
+        self.time_env = self.time_act = 0.0
+        return timings
+
+    def _observe(self, raw: np.ndarray, update: bool) -> np.ndarray:
+        obs = encode_obs(self.obs_space, raw)
+        if self.obs_normalizer is None:
+            return obs
+        if update:
+            self.obs_normalizer.stats.update(obs)
+        return self.obs_normalizer(obs)
+
+    def _env_action(self, action: np.ndarray) -> np.ndarray:
+        """Sampled Gaussian actions are stored as drawn and clipped only on the way out."""
+        if self.action_bounds is None:
+            return action
+        return np.clip(action, *self.action_bounds)
+
+    def collect(self, steps: int, global_step: int) -> Rollout:
+        n = self.num_envs
+        obs_buf = np.empty((steps, n, self.obs.shape[-1]), np.float32)
+        actions = np.empty((steps, n, *self.action_shape), self.action_dtype)
+        rewards = np.empty((steps, n), np.float32)
+        terminated = np.empty((steps, n), bool)
+        episode_end = np.empty((steps, n), bool)
+        valid = np.empty((steps, n), bool)
+        final_t: list[int] = []
+        final_n: list[np.ndarray] = []
+        final_obs: list[np.ndarray] = []
+        clock = time.perf_counter
+        for t in range(steps):
+            tick = clock()
+            obs_buf[t] = self.obs
+            action = self.policy.act(self.obs, self.rng)
+            actions[t] = action
+            env_action = self._env_action(action)
+            tock = clock()
+            raw_obs, reward, term, trunc, info = self.envs.step(env_action)
+            self.time_act += tock - tick
+            self.time_env += clock() - tock
+            step_valid = ~self.pending_reset
+            ended = term | trunc
+            _check_finite(reward, raw_obs, global_step + t * n)
+            self.episodes.step(reward, step_valid, ended)
+            if self.reward_scaler is not None:
+                reward = self.reward_scaler(reward, ended)
+            rewards[t], terminated[t], episode_end[t], valid[t] = reward, term, ended, step_valid
+            if not self.next_step_reset and ended.any():
+                idx = np.flatnonzero(ended)
+                successor = np.stack(info["final_obs"][idx])
+                _check_finite(None, successor, global_step + t * n)
+                final_t.append(t)
+                final_n.append(idx)
+                final_obs.append(self._observe(successor, update=False))
+            self.obs = self._observe(raw_obs, update=True)
+            if self.next_step_reset:
+                self.pending_reset = ended
+        if final_obs:
+            counts = [len(i) for i in final_n]
+            steps_idx = (np.repeat(final_t, counts), np.concatenate(final_n))
+            successors = np.concatenate(final_obs)
+        else:
+            steps_idx = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+            successors = np.zeros((0, self.obs.shape[-1]), np.float32)
+        return Rollout(obs_buf, actions, rewards, terminated, episode_end, valid,
+                       self.obs.copy(), steps_idx, successors)
+
+
+def _check_finite(reward: np.ndarray | None, obs: np.ndarray, step: int) -> None:
+    for name, values in (("reward", reward), ("observation", obs)):
+        if values is None:
+            continue
+        values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+        bad = ~np.isfinite(values).all(axis=1)
+        if bad.any():
+            raise EnvValueError(
+                f"env {int(np.flatnonzero(bad)[0])} returned a non-finite {name} "
+                f"near global step {step}"
+            )

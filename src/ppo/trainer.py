@@ -1,0 +1,366 @@
+"""The PPO loop of the seed: rollout under pi_old, GAE once, K epochs of clipped minibatch
+updates, promote pi_old. `PPO.iteration` is that loop; the rest is bookkeeping around it."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomli_w
+import torch
+from gymnasium import spaces
+
+from ppo import objective
+from ppo.advantages import gae
+from ppo.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    write_atomic,
+)
+from ppo.config import Config, ConfigError, from_dict
+from ppo.envs import EnvSource, check_action_space, encode_obs, make_vector_env, obs_dim
+from ppo.metrics import MetricsLogger
+from ppo.normalization import ObsNormalizer, RewardScaler
+from ppo.policy import ActorCritic, InferencePolicy
+from ppo.rollout import Collector, Rollout
+
+
+class Batch:
+    """A rollout flattened to its valid transitions, with everything frozen at collection:
+    actions, log pi_old(a|s), V_old(s), advantages and returns."""
+
+    def __init__(self, **tensors: torch.Tensor) -> None:
+        self.__dict__.update(tensors)
+        self.size = len(tensors["obs"])
+
+
+class PPO:
+    """PPO-Clip agent: `PPO(Config(env_id=...)).learn()`, then `predict`, `save`, `PPO.load`."""
+
+    def __init__(self, config: Config, env: EnvSource | None = None, verbose: bool = True) -> None:
+        self.config = cfg = config.validate()
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("device cuda requested but torch sees no CUDA device")
+        self.device = torch.device(cfg.device)
+        self.verbose = verbose
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.envs = make_vector_env(cfg, env)
+        self.obs_space = self.envs.single_observation_space
+        self.action_space = self.envs.single_action_space
+        dim = obs_dim(self.obs_space)
+        check_action_space(self.action_space)
+        self.model = ActorCritic(
+            dim, self.action_space, cfg.hidden_sizes, cfg.shared_trunk, cfg.init_log_std
+        ).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        self.obs_normalizer = ObsNormalizer(dim, cfg.obs_clip) if cfg.normalize_obs else None
+        reward_scaler = (
+            RewardScaler(cfg.num_envs, cfg.gamma, cfg.reward_clip) if cfg.normalize_reward else None
+        )
+        # Separate streams, so that changing one use of randomness leaves the others alone.
+        self.action_rng = np.random.default_rng([cfg.seed, 1])
+        self.shuffle_rng = np.random.default_rng([cfg.seed, 2])
+        self.policy = InferencePolicy(self.model)
+        self.collector = Collector(
+            self.envs, self.policy, self.action_rng, self.obs_normalizer, reward_scaler
+        )
+        self.global_step = 0
+        self.update = 0
+        self.run_dir = Path(cfg.run_dir) if cfg.run_dir else None
+        self._envs_ready = False
+
+    # ------------------------------------------------------------------ the seed's loop
+    def iteration(self) -> dict[str, Any]:
+        """One PPO iteration; returns its diagnostics."""
+        cfg, timings = self.config, {}
+        start = time.perf_counter()
+        if cfg.anneal_lr:
+            for group in self.optimizer.param_groups:
+                group["lr"] = cfg.lr * (1.0 - self.global_step / cfg.total_timesteps)
+
+        # 1. collect a batch with the current policy, pi_old
+        rollout = self.collector.collect(cfg.rollout_steps, self.global_step)
+        self.global_step += cfg.batch_size
+        timings["env"], timings["act"] = self.collector.take_timings()
+
+        # 2. compute advantages once, from the values alive at collection
+        tick = time.perf_counter()
+        batch = self._freeze(rollout)
+        timings["advantages"] = time.perf_counter() - tick
+
+        # 3. K epochs of optimization on the same batch
+        tick = time.perf_counter()
+        if cfg.norm_adv == "batch":
+            batch.advantages = objective.normalize(batch.advantages)
+        stats: list[torch.Tensor] = []
+        epochs_run = 0
+        for _epoch in range(cfg.epochs):
+            epochs_run += 1
+            order = torch.as_tensor(self.shuffle_rng.permutation(batch.size), device=self.device)
+            for mb in order.split(cfg.minibatch_size):
+                logp, entropy, values = self.model.evaluate(batch.obs[mb], batch.actions[mb])
+                log_ratio = logp - batch.logp_old[mb]
+                ratio = torch.exp(log_ratio)
+                advantages = batch.advantages[mb]
+                if cfg.norm_adv == "minibatch" and len(mb) > 1:
+                    advantages = objective.normalize(advantages)
+                loss_pi = objective.clipped_surrogate_loss(ratio, advantages, cfg.clip_eps)
+                loss_v = objective.value_loss(
+                    values, batch.values[mb], batch.returns[mb],
+                    cfg.value_clip_eps if cfg.clip_value else None,
+                )
+                loss = objective.ppo_loss(
+                    loss_pi, loss_v, entropy.mean(), cfg.vf_coef, cfg.ent_coef
+                )
+                with torch.no_grad():
+                    kl = objective.approx_kl(log_ratio)
+                    stats.append(torch.stack([
+                        kl, objective.clip_fraction(ratio, cfg.clip_eps),
+                        loss_pi, loss_v, entropy.mean(),
+                    ]))
+                if cfg.target_kl is not None and kl.item() > cfg.target_kl:
+                    break
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                self.optimizer.step()
+            else:
+                continue
+            break  # target_kl reached: stop all epochs
+
+        # 4. promote the current policy to "old"
+        self.policy.load(self.model)
+        self.update += 1
+        timings["optimize"] = time.perf_counter() - tick
+
+        means = torch.stack(stats).mean(0).tolist()
+        elapsed = time.perf_counter() - start
+        return {
+            "update": self.update,
+            "global_step": self.global_step,
+            "episodic_return": self.collector.episodes.mean_return(),
+            "episodic_length": self.collector.episodes.mean_length(),
+            "episodes": self.collector.episodes.episodes,
+            "approx_kl": means[0], "clipfrac": means[1], "policy_loss": means[2],
+            "value_loss": means[3], "entropy": means[4],
+            "explained_variance": _explained_variance(batch.values, batch.returns),
+            "learning_rate": self.optimizer.param_groups[0]["lr"],
+            "epochs_run": epochs_run,
+            "sps": cfg.batch_size / elapsed,
+            **{f"time_{k}": v for k, v in timings.items()},
+            "time_total": elapsed,
+        }
+
+    def _freeze(self, rollout: Rollout) -> Batch:
+        """log pi_old(a|s) and V(s) for the whole rollout in one forward pass, then GAE."""
+        steps, n = rollout.rewards.shape
+        to = self._tensor
+        obs = to(rollout.obs.reshape(steps * n, -1))
+        actions = to(rollout.actions.reshape(steps * n, *rollout.actions.shape[2:]))
+        with torch.no_grad():
+            logp_old, _, values = self.model.evaluate(obs, actions)
+            successors = self.model.value(to(np.concatenate([rollout.last_obs, rollout.final_obs])))
+        values_np = values.cpu().numpy().reshape(steps, n)
+        successors = successors.cpu().numpy()
+        next_values = np.empty_like(values_np)
+        next_values[:-1] = values_np[1:]
+        next_values[-1] = successors[:n]
+        next_values[rollout.final_steps] = successors[n:]
+        advantages, returns = gae(
+            rollout.rewards, values_np, next_values, rollout.terminated, rollout.episode_end,
+            self.config.gamma, self.config.gae_lambda,
+        )
+        keep = to(np.flatnonzero(rollout.valid.reshape(-1)))
+        return Batch(
+            obs=obs[keep], actions=actions[keep], logp_old=logp_old[keep], values=values[keep],
+            advantages=to(advantages.reshape(-1))[keep],
+            returns=to(returns.reshape(-1))[keep],
+        )
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, device=self.device)
+
+    # ------------------------------------------------------------------ running
+    def learn(self, total_timesteps: int | None = None) -> PPO:
+        """Train until `total_timesteps` more steps (default: until config.total_timesteps).
+
+        With a run directory, writes metrics.csv, TensorBoard events and checkpoints there.
+        """
+        cfg = self.config
+        end_step = cfg.total_timesteps if total_timesteps is None else (
+            self.global_step + total_timesteps)
+        if total_timesteps is not None:
+            self.config = cfg = cfg.replace(total_timesteps=end_step)
+        if not self._envs_ready:
+            self.collector.reset(seed=cfg.seed + self.update)
+            self._envs_ready = True
+        if self.run_dir is not None:
+            self._claim_run_dir()
+        total_updates = self.update + max(0, -(-(end_step - self.global_step) // cfg.batch_size))
+        logger = MetricsLogger(self.run_dir, self.verbose, cfg.tensorboard,
+                               total_updates, self.update + 1)
+        try:
+            while self.global_step < end_step:
+                row = self.iteration()
+                logger.log(row)
+                if self.run_dir is not None and self.update % cfg.checkpoint_every == 0:
+                    self.save(checkpoint_path(self.run_dir, self.update))
+            if self.run_dir is not None:
+                self.save(checkpoint_path(self.run_dir, self.update))
+        finally:
+            logger.close()
+        return self
+
+    def _claim_run_dir(self) -> None:
+        """Create the run directory; a fresh agent refuses one that already holds a run."""
+        config_file = self.run_dir / "config.toml"
+        if self.update == 0 and config_file.exists():
+            raise ConfigError(
+                f"{self.run_dir} already holds a run; use --resume or another --run-dir")
+        (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self.config = self.config.replace(run_dir=str(self.run_dir))
+        write_atomic(config_file, tomli_w.dumps(self.config.to_dict()).encode())
+
+    def predict(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Action(s) for one raw observation or a batch; normalization applied, frozen."""
+        single = np.asarray(obs).shape == self.obs_space.shape or (
+            isinstance(self.obs_space, spaces.Discrete) and np.ndim(obs) == 0)
+        raw = np.asarray(obs)[None] if single else np.asarray(obs)
+        x = encode_obs(self.obs_space, raw)
+        if self.obs_normalizer is not None:
+            x = self.obs_normalizer(x)
+        if self.device.type == "cpu":
+            action = self.policy.act(x, self.action_rng, deterministic)
+        else:
+            with torch.no_grad():
+                action = self.model.act(self._tensor(x), deterministic).cpu().numpy()
+        if isinstance(self.action_space, spaces.Box):
+            action = np.clip(action, self.action_space.low, self.action_space.high)
+        return action[0] if single else action
+
+    # ------------------------------------------------------------------ persistence
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        opt = self.optimizer.state_dict()
+        for index, slots in opt["state"].items():
+            for slot, value in slots.items():
+                tensors[f"optim.{index}.{slot}"] = torch.as_tensor(value)
+        tensors["rng.torch"] = torch.get_rng_state()
+        if self.obs_normalizer is not None:
+            for k, v in self.obs_normalizer.stats.state().items():
+                tensors[f"obs_norm.{k}"] = torch.as_tensor(v)
+        scaler = self.collector.reward_scaler
+        if scaler is not None:
+            for k, v in scaler.stats.state().items():
+                tensors[f"reward_norm.{k}"] = torch.as_tensor(v)
+        meta = {
+            "config": self.config.to_dict(),
+            "update": self.update,
+            "global_step": self.global_step,
+            "episodes": self.collector.episodes.episodes,
+            "recent_episodes": list(self.collector.episodes.recent),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "rng": {"action": self.action_rng.bit_generator.state,
+                    "shuffle": self.shuffle_rng.bit_generator.state},
+            "spaces": _describe_spaces(self.obs_space, self.action_space),
+            "saved_at": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+        return tensors, meta
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(path, *self.state())
+        return path
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                   source: Path) -> None:
+        expected = _describe_spaces(self.obs_space, self.action_space)
+        if meta["spaces"] != expected:
+            raise CheckpointError(
+                f"{source} was trained on observation/action spaces {meta['spaces']}, "
+                f"this env has {expected}")
+        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        try:
+            self.model.load_state_dict(model_state)
+        except RuntimeError as e:
+            raise CheckpointError(f"{source} does not fit this network: "
+                                  f"{str(e).splitlines()[0]}") from None
+        opt = self.optimizer.state_dict()
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, index, slot = key.split(".")
+                opt["state"].setdefault(int(index), {})[slot] = value
+        for group in opt["param_groups"]:
+            group["lr"] = meta["lr"]
+        self.optimizer.load_state_dict(opt)
+        torch.set_rng_state(tensors["rng.torch"])
+        if self.obs_normalizer is not None:
+            self.obs_normalizer.stats.load(_prefixed(tensors, "obs_norm.", source))
+        if self.collector.reward_scaler is not None:
+            self.collector.reward_scaler.stats.load(_prefixed(tensors, "reward_norm.", source))
+        self.action_rng.bit_generator.state = meta["rng"]["action"]
+        self.shuffle_rng.bit_generator.state = meta["rng"]["shuffle"]
+        self.update, self.global_step = meta["update"], meta["global_step"]
+        episodes = self.collector.episodes
+        episodes.episodes = meta["episodes"]
+        episodes.recent.extend(tuple(e) for e in meta["recent_episodes"])
+        self.policy.load(self.model)
+
+    @classmethod
+    def load(cls, path: str | Path, env: EnvSource | None = None, verbose: bool = False,
+             **overrides: Any) -> PPO:
+        """Rebuild an agent from a checkpoint file, or from a run directory's latest one."""
+        path = Path(path)
+        if path.is_dir():
+            path = latest_checkpoint(path)
+        tensors, meta = load_checkpoint(path)
+        config = from_dict({**meta["config"], **overrides})
+        agent = cls(config, env=env, verbose=verbose)
+        agent.load_state(tensors, meta, path)
+        return agent
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, verbose: bool = True, **overrides: Any) -> PPO:
+        """Continue a run from its last complete checkpoint, with its own config."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.toml").exists():
+            raise CheckpointError(f"{run_dir} is not a run directory (no config.toml)")
+        return cls.load(latest_checkpoint(run_dir), verbose=verbose,
+                        run_dir=str(run_dir), **overrides)
+
+    def close(self) -> None:
+        self.envs.close()
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str, source: Path) -> dict[str, Any]:
+    state = {k[len(prefix):]: v.numpy() for k, v in tensors.items() if k.startswith(prefix)}
+    if not state:
+        raise CheckpointError(f"{source} lacks the {prefix.rstrip('.')} statistics its config uses")
+    return state
+
+
+def _describe_spaces(obs_space: spaces.Space, action_space: spaces.Space) -> dict[str, str]:
+    return {"observation": json.dumps(_space_summary(obs_space)),
+            "action": json.dumps(_space_summary(action_space))}
+
+
+def _space_summary(space: spaces.Space) -> list[Any]:
+    if isinstance(space, spaces.Discrete):
+        return ["Discrete", int(space.n)]
+    return [type(space).__name__, list(space.shape)]
+
+
+def _explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
+    """1 - Var(R - V) / Var(R): 1 is a perfect critic, 0 no better than a constant."""
+    var = returns.var()
+    return float("nan") if var == 0 else float(1.0 - (returns - values).var() / var)
