@@ -57,7 +57,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    # clone(): parameters may be views of one shared buffer, which safetensors refuses.
+    tensors = {k: v.detach().cpu().clone() for k, v in tensors.items()}
     header = {"format": FORMAT, "sha256": _digest(tensors), "meta": json.dumps(meta)}
     write_atomic(Path(path), save_safetensors(tensors, metadata=header))
 

@@ -36,6 +36,12 @@ class Config:
         choices=("auto", "sync", "async", "native"),
     )
     device: str = _f("cpu", "Torch device for the learner: cpu or cuda.")
+    learner: str = _f(
+        "auto",
+        "Minibatch step: torch (plain autograd, any device), numpy (CPU fast path, same math) "
+        "or auto (numpy on CPU).",
+        choices=("auto", "torch", "numpy"),
+    )
     threads: int = _f(1, "Torch CPU threads; 1 is fastest for small MLPs and deterministic.")
 
     rollout_steps: int = _f(2048, "Steps collected per env per update (the rollout length T).")
@@ -118,6 +124,8 @@ class Config:
                 )
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        if self.learner == "numpy" and self.device != "cpu":
+            raise ConfigError("learner numpy runs on the CPU only; use learner torch with cuda")
         return self
 
     def to_dict(self) -> dict[str, Any]:

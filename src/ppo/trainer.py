@@ -14,7 +14,6 @@ import tomli_w
 import torch
 from gymnasium import spaces
 
-from ppo import objective
 from ppo.advantages import gae
 from ppo.checkpoint import (
     CheckpointError,
@@ -26,19 +25,12 @@ from ppo.checkpoint import (
 )
 from ppo.config import Config, ConfigError, from_dict
 from ppo.envs import EnvSource, check_action_space, encode_obs, make_vector_env, obs_dim
+from ppo.learner import TorchLearner
 from ppo.metrics import MetricsLogger
 from ppo.normalization import ObsNormalizer, RewardScaler
+from ppo.numpy_learner import NumpyLearner
 from ppo.policy import ActorCritic, InferencePolicy
 from ppo.rollout import Collector, Rollout
-
-
-class Batch:
-    """A rollout flattened to its valid transitions, with everything frozen at collection:
-    actions, log pi_old(a|s), V_old(s), advantages and returns."""
-
-    def __init__(self, **tensors: torch.Tensor) -> None:
-        self.__dict__.update(tensors)
-        self.size = len(tensors["obs"])
 
 
 class PPO:
@@ -61,6 +53,9 @@ class PPO:
             dim, self.action_space, cfg.hidden_sizes, cfg.shared_trunk, cfg.init_log_std
         ).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        use_numpy = cfg.learner == "numpy" or (cfg.learner == "auto" and cfg.device == "cpu")
+        self.learner = (NumpyLearner if use_numpy else TorchLearner)(
+            self.model, self.optimizer, cfg)
         self.obs_normalizer = ObsNormalizer(dim, cfg.obs_clip) if cfg.normalize_obs else None
         reward_scaler = (
             RewardScaler(cfg.num_envs, cfg.gamma, cfg.reward_clip) if cfg.normalize_reward else None
@@ -93,56 +88,32 @@ class PPO:
 
         # 2. compute advantages once, from the values alive at collection
         tick = time.perf_counter()
-        batch = self._freeze(rollout)
+        batch_size, explained_variance = self._freeze(rollout)
         timings["advantages"] = time.perf_counter() - tick
 
-        # 3. K epochs of optimization on the same batch
+        # 3. K epochs of optimization on the same batch, freshly shuffled each time
         tick = time.perf_counter()
-        if cfg.norm_adv == "batch":
-            batch.advantages = objective.normalize(batch.advantages)
-        stats: list[torch.Tensor] = []
+        stats: list[np.ndarray] = []
         epochs_run = 0
+        stop = False
         for _epoch in range(cfg.epochs):
             epochs_run += 1
-            order = torch.as_tensor(self.shuffle_rng.permutation(batch.size), device=self.device)
-            for mb in order.split(cfg.minibatch_size):
-                logp, entropy, values = self.model.evaluate(batch.obs[mb], batch.actions[mb])
-                log_ratio = logp - batch.logp_old[mb]
-                ratio = torch.exp(log_ratio)
-                advantages = batch.advantages[mb]
-                if cfg.norm_adv == "minibatch" and len(mb) > 1:
-                    advantages = objective.normalize(advantages)
-                loss_pi = objective.clipped_surrogate_loss(ratio, advantages, cfg.clip_eps)
-                loss_v = objective.value_loss(
-                    values, batch.values[mb], batch.returns[mb],
-                    cfg.value_clip_eps if cfg.clip_value else None,
-                )
-                loss = objective.ppo_loss(
-                    loss_pi, loss_v, entropy.mean(), cfg.vf_coef, cfg.ent_coef
-                )
-                with torch.no_grad():
-                    kl = objective.approx_kl(log_ratio)
-                    stats.append(torch.stack([
-                        kl, objective.clip_fraction(ratio, cfg.clip_eps),
-                        loss_pi, loss_v, entropy.mean(),
-                    ]))
-                if cfg.target_kl is not None and kl.item() > cfg.target_kl:
+            order = self.shuffle_rng.permutation(batch_size)
+            for first in range(0, batch_size, cfg.minibatch_size):
+                stats.append(self.learner.step(order[first : first + cfg.minibatch_size],
+                                               kl_limit=cfg.target_kl))
+                stop = cfg.target_kl is not None and stats[-1][0] > cfg.target_kl
+                if stop:
                     break
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-                self.optimizer.step()
-            else:
-                continue
-            break  # target_kl reached: stop all epochs
+            if stop:
+                break
 
         # 4. promote the current policy to "old"
         self.policy.load(self.model)
         self.update += 1
         timings["optimize"] = time.perf_counter() - tick
 
-        means = torch.stack(stats).mean(0).tolist()
+        means = np.mean(stats, axis=0).tolist()
         elapsed = time.perf_counter() - start
         return {
             "update": self.update,
@@ -152,7 +123,7 @@ class PPO:
             "episodes": self.collector.episodes.episodes,
             "approx_kl": means[0], "clipfrac": means[1], "policy_loss": means[2],
             "value_loss": means[3], "entropy": means[4],
-            "explained_variance": _explained_variance(batch.values, batch.returns),
+            "explained_variance": explained_variance,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
             "epochs_run": epochs_run,
             "sps": cfg.batch_size / elapsed,
@@ -160,34 +131,32 @@ class PPO:
             "time_total": elapsed,
         }
 
-    def _freeze(self, rollout: Rollout) -> Batch:
-        """log pi_old(a|s) and V(s) for the whole rollout in one forward pass, then GAE."""
+    def _freeze(self, rollout: Rollout) -> tuple[int, float]:
+        """log pi_old(a|s) and V(s) for the whole rollout in one pass, then GAE; hands the
+        learner the valid transitions. Returns their number and the critic's explained
+        variance."""
         steps, n = rollout.rewards.shape
-        to = self._tensor
-        obs = to(rollout.obs.reshape(steps * n, -1))
-        actions = to(rollout.actions.reshape(steps * n, *rollout.actions.shape[2:]))
-        with torch.no_grad():
-            logp_old, _, values = self.model.evaluate(obs, actions)
-            successors = self.model.value(to(np.concatenate([rollout.last_obs, rollout.final_obs])))
-        values_np = values.cpu().numpy().reshape(steps, n)
-        successors = successors.cpu().numpy()
-        next_values = np.empty_like(values_np)
-        next_values[:-1] = values_np[1:]
+        obs = rollout.obs.reshape(steps * n, -1)
+        actions = rollout.actions.reshape(steps * n, *rollout.actions.shape[2:])
+        logp_old, values = self.learner.evaluate(obs, actions)
+        successors = self.learner.values(np.concatenate([rollout.last_obs, rollout.final_obs]))
+        values = values.reshape(steps, n)
+        next_values = np.empty_like(values)
+        next_values[:-1] = values[1:]
         next_values[-1] = successors[:n]
         next_values[rollout.final_steps] = successors[n:]
         advantages, returns = gae(
-            rollout.rewards, values_np, next_values, rollout.terminated, rollout.episode_end,
+            rollout.rewards, values, next_values, rollout.terminated, rollout.episode_end,
             self.config.gamma, self.config.gae_lambda,
         )
-        keep = to(np.flatnonzero(rollout.valid.reshape(-1)))
-        return Batch(
-            obs=obs[keep], actions=actions[keep], logp_old=logp_old[keep], values=values[keep],
-            advantages=to(advantages.reshape(-1))[keep],
-            returns=to(returns.reshape(-1))[keep],
-        )
-
-    def _tensor(self, array: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(array, device=self.device)
+        keep = np.flatnonzero(rollout.valid.reshape(-1))
+        advantages, returns, values = (
+            a.reshape(-1)[keep] for a in (advantages, returns, values))
+        if self.config.norm_adv == "batch":
+            advantages = (advantages - advantages.mean()) / (advantages.std(ddof=1) + 1e-8)
+        self.learner.load_batch(obs[keep], actions[keep], logp_old[keep], values,
+                                advantages, returns)
+        return len(keep), _explained_variance(values, returns)
 
     # ------------------------------------------------------------------ running
     def learn(self, total_timesteps: int | None = None) -> PPO:
@@ -242,7 +211,8 @@ class PPO:
             action = self.policy.act(x, self.action_rng, deterministic)
         else:
             with torch.no_grad():
-                action = self.model.act(self._tensor(x), deterministic).cpu().numpy()
+                action = self.model.act(torch.as_tensor(x, device=self.device),
+                                        deterministic).cpu().numpy()
         if isinstance(self.action_space, spaces.Box):
             action = np.clip(action, self.action_space.low, self.action_space.high)
         return action[0] if single else action
@@ -303,6 +273,8 @@ class PPO:
         for group in opt["param_groups"]:
             group["lr"] = meta["lr"]
         self.optimizer.load_state_dict(opt)
+        if isinstance(self.learner, NumpyLearner):
+            self.learner.bind()
         torch.set_rng_state(tensors["rng.torch"])
         if self.obs_normalizer is not None:
             self.obs_normalizer.stats.load(_prefixed(tensors, "obs_norm.", source))
@@ -360,7 +332,7 @@ def _space_summary(space: spaces.Space) -> list[Any]:
     return [type(space).__name__, list(space.shape)]
 
 
-def _explained_variance(values: torch.Tensor, returns: torch.Tensor) -> float:
+def _explained_variance(values: np.ndarray, returns: np.ndarray) -> float:
     """1 - Var(R - V) / Var(R): 1 is a perfect critic, 0 no better than a constant."""
     var = returns.var()
     return float("nan") if var == 0 else float(1.0 - (returns - values).var() / var)

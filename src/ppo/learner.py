@@ -1,0 +1,67 @@
+"""One PPO minibatch step, written as the seed writes it: PyTorch autograd, any device.
+
+This is the plain formula. `NumpyLearner` (numpy_learner.py) is the CPU fast path, tested
+to give the same losses and gradients.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ppo import objective
+from ppo.config import Config
+from ppo.policy import ActorCritic
+
+
+class TorchLearner:
+    """Holds the batch on the model's device and applies clipped-surrogate minibatch steps."""
+
+    def __init__(self, model: ActorCritic, optimizer: torch.optim.Optimizer, cfg: Config) -> None:
+        self.model, self.optimizer, self.cfg = model, optimizer, cfg
+        self.device = next(model.parameters()).device
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(array, device=self.device)
+
+    @torch.no_grad()
+    def evaluate(self, obs: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """log pi(a|s) and V(s) under the current weights, for a whole rollout."""
+        logp, _, values = self.model.evaluate(self._tensor(obs), self._tensor(actions))
+        return logp.cpu().numpy(), values.cpu().numpy()
+
+    @torch.no_grad()
+    def values(self, obs: np.ndarray) -> np.ndarray:
+        return self.model.value(self._tensor(obs)).cpu().numpy()
+
+    def load_batch(self, obs, actions, logp_old, values, advantages, returns) -> None:
+        self.obs, self.actions = self._tensor(obs), self._tensor(actions)
+        self.logp_old, self.old_values = self._tensor(logp_old), self._tensor(values)
+        self.advantages, self.returns = self._tensor(advantages), self._tensor(returns)
+
+    def step(self, index: np.ndarray, kl_limit: float | None = None) -> np.ndarray:
+        """Loss, backward, clip, Adam on one minibatch. Returns (approx_kl, clipfrac,
+        policy_loss, value_loss, entropy); skips the step when approx KL exceeds kl_limit."""
+        cfg, mb = self.cfg, self._tensor(index)
+        logp, entropy, values = self.model.evaluate(self.obs[mb], self.actions[mb])
+        log_ratio = logp - self.logp_old[mb]
+        ratio = torch.exp(log_ratio)
+        advantages = self.advantages[mb]
+        if cfg.norm_adv == "minibatch" and len(index) > 1:
+            advantages = objective.normalize(advantages)
+        loss_pi = objective.clipped_surrogate_loss(ratio, advantages, cfg.clip_eps)
+        loss_v = objective.value_loss(values, self.old_values[mb], self.returns[mb],
+                                      cfg.value_clip_eps if cfg.clip_value else None)
+        loss = objective.ppo_loss(loss_pi, loss_v, entropy.mean(), cfg.vf_coef, cfg.ent_coef)
+        with torch.no_grad():
+            stats = torch.stack([objective.approx_kl(log_ratio),
+                                 objective.clip_fraction(ratio, cfg.clip_eps),
+                                 loss_pi, loss_v, entropy.mean()]).cpu().numpy()
+        if kl_limit is not None and stats[0] > kl_limit:
+            return stats
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        self.optimizer.step()
+        return stats
