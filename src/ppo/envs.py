@@ -11,6 +11,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
 
 from ppo.config import Config, ConfigError
 
@@ -42,6 +43,51 @@ def env_spec(env_id: str) -> EnvSpec:
         raise ConfigError(f"unknown env id {env_id!r}: {e}") from None
 
 
+class InProcessVectorEnv(VectorEnv):
+    """N envs stepped in turn in this process, each reset on the step its episode ends.
+
+    Same-step autoreset semantics as Gymnasium's SyncVectorEnv, whose generic per-step
+    info merging and copying cost ~17 us a step on LunarLander (as much as a third of the
+    env itself). The only info kept is what training needs: "final_obs" and its mask.
+    """
+
+    def __init__(self, env_fns: list[Callable[[], gym.Env]]) -> None:
+        self.envs = [fn() for fn in env_fns]
+        self.num_envs = len(self.envs)
+        first = self.envs[0]
+        self.single_observation_space = first.observation_space
+        self.single_action_space = first.action_space
+        self.observation_space = batch_space(first.observation_space, self.num_envs)
+        self.action_space = batch_space(first.action_space, self.num_envs)
+        self.metadata = {**first.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
+        self.spec = first.spec
+        self.render_mode = first.render_mode
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
+        obs = [env.reset(seed=s, options=options)[0] for env, s in zip(self.envs, seeds, strict=True)]
+        return np.stack(obs), {}
+
+    def step(self, actions: np.ndarray):
+        n = self.num_envs
+        obs, rewards = [None] * n, np.empty(n, np.float64)
+        terminated, truncated = np.empty(n, bool), np.empty(n, bool)
+        info: dict = {}
+        for i, env in enumerate(self.envs):
+            o, rewards[i], terminated[i], truncated[i], _ = env.step(actions[i])
+            if terminated[i] or truncated[i]:
+                if not info:
+                    info = {"final_obs": np.full(n, None, object), "_final_obs": np.zeros(n, bool)}
+                info["final_obs"][i], info["_final_obs"][i] = o, True
+                o, _ = env.reset()
+            obs[i] = o
+        return np.stack(obs), rewards, terminated, truncated, info
+
+    def close_extras(self, **kwargs) -> None:
+        for env in self.envs:
+            env.close()
+
+
 def make_vector_env(cfg: Config, source: EnvSource | None = None) -> VectorEnv:
     """A vector env of cfg.num_envs copies; a passed Env instance allows only num_envs=1."""
     if isinstance(source, VectorEnv):
@@ -66,7 +112,7 @@ def make_vector_env(cfg: Config, source: EnvSource | None = None) -> VectorEnv:
         if mode == "async":
             return gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
     try:
-        return gym.vector.SyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
+        return InProcessVectorEnv(env_fns)
     except Exception as e:  # an env's constructor can raise anything; report it as one line
         raise ConfigError(f"cannot make env {cfg.env_id!r}: {type(e).__name__}: {e}") from None
 

@@ -121,10 +121,8 @@ class InferencePolicy:
         if self.discrete:
             if deterministic:
                 return out.argmax(-1)
-            # Inverse-CDF sampling of softmax(out): one uniform draw per env.
-            cdf = np.cumsum(np.exp(out - out.max(-1, keepdims=True)), axis=-1)
-            u = rng.random((out.shape[0], 1)) * cdf[:, -1:]
-            return np.minimum((u > cdf).sum(-1), out.shape[-1] - 1)
+            # Gumbel-max: argmax(logits + Gumbel noise) is an exact sample of softmax(logits).
+            return (out + rng.gumbel(size=out.shape)).argmax(-1)
         if deterministic:
             return out
         return (out + self.std * rng.standard_normal(out.shape)).astype(np.float32)

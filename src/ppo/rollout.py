@@ -49,9 +49,16 @@ class EpisodeStats:
         self.recent: deque[tuple[float, int]] = deque(maxlen=window)
         self.episodes = 0
 
-    def step(self, rewards: np.ndarray, valid: np.ndarray, ended: np.ndarray) -> None:
-        self.returns += np.where(valid, rewards, 0.0)
-        self.lengths += valid
+    def step(self, rewards: np.ndarray, valid: np.ndarray | None, ended: np.ndarray) -> None:
+        """valid=None: every env took a real step (the common case, kept cheap)."""
+        if valid is None:
+            self.returns += rewards
+            self.lengths += 1
+        else:
+            self.returns += np.where(valid, rewards, 0.0)
+            self.lengths += valid
+        if not ended.any():
+            return
         for i in np.flatnonzero(ended):
             self.recent.append((float(self.returns[i]), int(self.lengths[i])))
             self.episodes += 1
@@ -146,17 +153,20 @@ class Collector:
             raw_obs, reward, term, trunc, info = self.envs.step(env_action)
             self.time_act += tock - tick
             self.time_env += clock() - tock
-            step_valid = ~self.pending_reset
             ended = term | trunc
-            _check_finite(reward, raw_obs, global_step + t * n)
-            self.episodes.step(reward, step_valid, ended)
+            if not (np.isfinite(reward).all() and np.isfinite(raw_obs).all()):
+                _raise_non_finite(reward, raw_obs, global_step + t * n)
+            resetting = self.pending_reset.any()
+            step_valid = ~self.pending_reset
+            self.episodes.step(reward, step_valid if resetting else None, ended)
             if self.reward_scaler is not None:
                 reward = self.reward_scaler(reward, ended)
             rewards[t], terminated[t], episode_end[t], valid[t] = reward, term, ended, step_valid
             if not self.next_step_reset and ended.any():
                 idx = np.flatnonzero(ended)
                 successor = np.stack(info["final_obs"][idx])
-                _check_finite(None, successor, global_step + t * n)
+                if not np.isfinite(successor).all():
+                    _raise_non_finite(None, successor, global_step + t * n)
                 final_t.append(t)
                 final_n.append(idx)
                 final_obs.append(self._observe(successor, update=False))
@@ -174,7 +184,7 @@ class Collector:
                        self.obs.copy(), steps_idx, successors)
 
 
-def _check_finite(reward: np.ndarray | None, obs: np.ndarray, step: int) -> None:
+def _raise_non_finite(reward: np.ndarray | None, obs: np.ndarray, step: int) -> None:
     for name, values in (("reward", reward), ("observation", obs)):
         if values is None:
             continue
@@ -185,3 +195,4 @@ def _check_finite(reward: np.ndarray | None, obs: np.ndarray, step: int) -> None
                 f"env {int(np.flatnonzero(bad)[0])} returned a non-finite {name} "
                 f"near global step {step}"
             )
+    raise AssertionError("called without a non-finite value")
