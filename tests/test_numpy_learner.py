@@ -48,15 +48,18 @@ def _load(learners, obs, actions, rng, ratio_spread=0.3):
     advantages = rng.normal(size=n).astype(np.float32)
     returns = (values + rng.normal(size=n)).astype(np.float32)
     for learner in learners:
-        learner.load_batch(obs, actions, logp_old, old_values, advantages, returns)
+        learner.load_batch(obs, actions, logp_old, old_values)
+        learner.set_advantages(advantages, returns)
 
 
 @pytest.mark.parametrize("space", SPACES.values(), ids=SPACES.keys())
 @pytest.mark.parametrize("shared", [False, True], ids=["separate", "shared"])
 @pytest.mark.parametrize("norm_adv", ["batch", "minibatch"])
 @pytest.mark.parametrize("clip_value", [True, False])
-def test_same_losses_gradients_and_steps(space, shared, norm_adv, clip_value):
-    cfg = Config(norm_adv=norm_adv, clip_value=clip_value, ent_coef=0.05, lr=1e-3)
+@pytest.mark.parametrize("fresh_old", [False, True], ids=["frozen", "pitfall-fresh"])
+def test_same_losses_gradients_and_steps(space, shared, norm_adv, clip_value, fresh_old):
+    cfg = Config(norm_adv=norm_adv, clip_value=clip_value, ent_coef=0.05, lr=1e-3,
+                 pitfall_fresh_old_logprobs=fresh_old)
     plain, fast = _pair(space, shared, cfg)
     obs, actions, rng = _batch(space)
     _load((plain, fast), obs, actions, rng)

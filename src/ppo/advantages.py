@@ -1,4 +1,4 @@
-"""Generalized Advantage Estimation (Schulman et al. 2016) as one reverse scan over (T, N) arrays."""
+"""Generalized Advantage Estimation (Schulman et al. 2016): one reverse scan over (T, N)."""
 
 from __future__ import annotations
 

@@ -79,6 +79,14 @@ class Config:
     obs_clip: float = _f(10.0, "Clip normalized observations to +-obs_clip.")
     reward_clip: float = _f(10.0, "Clip scaled rewards to +-reward_clip.")
 
+    # The seed's pitfalls, as switches for the experiments that show what each one costs.
+    pitfall_recompute_advantages: bool = _f(
+        False, "Pitfall: recompute GAE inside the epoch loop with the current value function."
+    )
+    pitfall_fresh_old_logprobs: bool = _f(
+        False, "Pitfall: take pi_old from the current weights at every step, so ratio == 1."
+    )
+
     run_dir: str | None = _f(None, "Run directory (default runs/<env>__<seed>__<time>).")
     checkpoint_every: int = _f(50, "Write a checkpoint every N updates (and always at the end).")
     tensorboard: bool = _f(True, "Write TensorBoard event files into the run directory.")

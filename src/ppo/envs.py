@@ -65,7 +65,8 @@ class InProcessVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
-        obs = [env.reset(seed=s, options=options)[0] for env, s in zip(self.envs, seeds, strict=True)]
+        obs = [env.reset(seed=s, options=options)[0]
+               for env, s in zip(self.envs, seeds, strict=True)]
         return np.stack(obs), {}
 
     def step(self, actions: np.ndarray):

@@ -34,9 +34,13 @@ class TorchLearner:
     def values(self, obs: np.ndarray) -> np.ndarray:
         return self.model.value(self._tensor(obs)).cpu().numpy()
 
-    def load_batch(self, obs, actions, logp_old, values, advantages, returns) -> None:
+    def load_batch(self, obs, actions, logp_old, values) -> None:
+        """The rollout's transitions with what was frozen at collection."""
         self.obs, self.actions = self._tensor(obs), self._tensor(actions)
         self.logp_old, self.old_values = self._tensor(logp_old), self._tensor(values)
+
+    def set_advantages(self, advantages: np.ndarray, returns: np.ndarray) -> None:
+        """Targets from GAE: computed once per rollout (or per epoch, under the pitfall)."""
         self.advantages, self.returns = self._tensor(advantages), self._tensor(returns)
 
     def step(self, index: np.ndarray, kl_limit: float | None = None) -> np.ndarray:
@@ -44,7 +48,9 @@ class TorchLearner:
         policy_loss, value_loss, entropy); skips the step when approx KL exceeds kl_limit."""
         cfg, mb = self.cfg, self._tensor(index)
         logp, entropy, values = self.model.evaluate(self.obs[mb], self.actions[mb])
-        log_ratio = logp - self.logp_old[mb]
+        # The pitfall: pi_old taken from the current weights makes every ratio exactly 1.
+        logp_old = logp.detach() if cfg.pitfall_fresh_old_logprobs else self.logp_old[mb]
+        log_ratio = logp - logp_old
         ratio = torch.exp(log_ratio)
         advantages = self.advantages[mb]
         if cfg.norm_adv == "minibatch" and len(index) > 1:

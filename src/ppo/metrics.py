@@ -70,7 +70,7 @@ class MetricsLogger:
             path = Path(run_dir) / "metrics.csv"
             _truncate_after(path, first_update - 1)
             new = not path.exists()
-            self.csv_file = open(path, "a", newline="")
+            self.csv_file = open(path, "a", newline="")  # noqa: SIM115 (held for the run)
             self.writer = csv.DictWriter(self.csv_file, fieldnames=COLUMNS, extrasaction="ignore")
             if new:
                 self.writer.writeheader()

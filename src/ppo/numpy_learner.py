@@ -116,9 +116,13 @@ class NumpyLearner:
         (wv, _), (bv, _) = self.value_head
         return (critic[-1] @ wv.T + bv)[:, 0]
 
-    def load_batch(self, obs, actions, logp_old, values, advantages, returns) -> None:
-        self.obs, self.actions, self.logp_old = obs, actions, logp_old
-        self.old_values, self.advantages, self.returns = values, advantages, returns
+    def load_batch(self, obs, actions, logp_old, values) -> None:
+        """The rollout's transitions with what was frozen at collection."""
+        self.obs, self.actions, self.logp_old, self.old_values = obs, actions, logp_old, values
+
+    def set_advantages(self, advantages: np.ndarray, returns: np.ndarray) -> None:
+        """Targets from GAE: computed once per rollout (or per epoch, under the pitfall)."""
+        self.advantages, self.returns = advantages, returns
 
     # ------------------------------------------------------------------ step
     def step(self, index: np.ndarray, kl_limit: float | None = None) -> np.ndarray:
@@ -126,7 +130,8 @@ class NumpyLearner:
         obs, actions = self.obs[index], self.actions[index]
         actor, critic, out, values = self._forward(obs)
         logp, entropy, cache = self._log_prob(out, actions)
-        log_ratio = logp - self.logp_old[index]
+        # The pitfall: pi_old taken from the current weights makes every ratio exactly 1.
+        log_ratio = logp - (logp if cfg.pitfall_fresh_old_logprobs else self.logp_old[index])
         ratio = np.exp(log_ratio)
         adv = self.advantages[index]
         if cfg.norm_adv == "minibatch" and n > 1:

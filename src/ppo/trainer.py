@@ -88,7 +88,8 @@ class PPO:
 
         # 2. compute advantages once, from the values alive at collection
         tick = time.perf_counter()
-        batch_size, explained_variance = self._freeze(rollout)
+        obs, actions, keep = self._freeze(rollout)
+        batch_size = len(keep)
         timings["advantages"] = time.perf_counter() - tick
 
         # 3. K epochs of optimization on the same batch, freshly shuffled each time
@@ -96,8 +97,10 @@ class PPO:
         stats: list[np.ndarray] = []
         epochs_run = 0
         stop = False
-        for _epoch in range(cfg.epochs):
+        for epoch in range(cfg.epochs):
             epochs_run += 1
+            if cfg.pitfall_recompute_advantages and epoch > 0:
+                self._advantages(rollout, keep, self.learner.evaluate(obs, actions)[1])
             order = self.shuffle_rng.permutation(batch_size)
             for first in range(0, batch_size, cfg.minibatch_size):
                 stats.append(self.learner.step(order[first : first + cfg.minibatch_size],
@@ -123,7 +126,7 @@ class PPO:
             "episodes": self.collector.episodes.episodes,
             "approx_kl": means[0], "clipfrac": means[1], "policy_loss": means[2],
             "value_loss": means[3], "entropy": means[4],
-            "explained_variance": explained_variance,
+            "explained_variance": self.explained_variance,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
             "epochs_run": epochs_run,
             "sps": cfg.batch_size / elapsed,
@@ -131,16 +134,24 @@ class PPO:
             "time_total": elapsed,
         }
 
-    def _freeze(self, rollout: Rollout) -> tuple[int, float]:
+    def _freeze(self, rollout: Rollout):
         """log pi_old(a|s) and V(s) for the whole rollout in one pass, then GAE; hands the
-        learner the valid transitions. Returns their number and the critic's explained
-        variance."""
+        learner the valid transitions (`keep`)."""
         steps, n = rollout.rewards.shape
         obs = rollout.obs.reshape(steps * n, -1)
         actions = rollout.actions.reshape(steps * n, *rollout.actions.shape[2:])
+        keep = np.flatnonzero(rollout.valid.reshape(-1))
         logp_old, values = self.learner.evaluate(obs, actions)
-        successors = self.learner.values(np.concatenate([rollout.last_obs, rollout.final_obs]))
+        self.learner.load_batch(obs[keep], actions[keep], logp_old[keep], values[keep])
+        self._advantages(rollout, keep, values)
+        return obs, actions, keep
+
+    def _advantages(self, rollout: Rollout, keep: np.ndarray, values: np.ndarray) -> None:
+        """GAE from these values (bootstrapped from the successor states' values), normalized
+        per batch if configured, into the learner; records the critic's explained variance."""
+        steps, n = rollout.rewards.shape
         values = values.reshape(steps, n)
+        successors = self.learner.values(np.concatenate([rollout.last_obs, rollout.final_obs]))
         next_values = np.empty_like(values)
         next_values[:-1] = values[1:]
         next_values[-1] = successors[:n]
@@ -149,14 +160,11 @@ class PPO:
             rollout.rewards, values, next_values, rollout.terminated, rollout.episode_end,
             self.config.gamma, self.config.gae_lambda,
         )
-        keep = np.flatnonzero(rollout.valid.reshape(-1))
-        advantages, returns, values = (
-            a.reshape(-1)[keep] for a in (advantages, returns, values))
+        advantages, returns = advantages.reshape(-1)[keep], returns.reshape(-1)[keep]
+        self.explained_variance = _explained_variance(values.reshape(-1)[keep], returns)
         if self.config.norm_adv == "batch":
             advantages = (advantages - advantages.mean()) / (advantages.std(ddof=1) + 1e-8)
-        self.learner.load_batch(obs[keep], actions[keep], logp_old[keep], values,
-                                advantages, returns)
-        return len(keep), _explained_variance(values, returns)
+        self.learner.set_advantages(advantages, returns)
 
     # ------------------------------------------------------------------ running
     def learn(self, total_timesteps: int | None = None) -> PPO:
