@@ -201,6 +201,24 @@ def plot(targets: tuple[str, ...], eps: float, out: Path | None) -> None:
 
 
 @main.command()
+@click.argument("name", type=click.Choice(
+    ["lunarlander", "eps-ablation", "eps-ablation-harsh", "pitfalls"]))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("experiments"),
+              show_default=True, help="Folder for the runs, table and figures.")
+@click.option("--seeds", type=click.IntRange(min=1), help="Seeds per variant (default: the "
+              "experiment's own).")
+@click.option("--steps", type=click.IntRange(min=1), help="Env steps per run (default: the "
+              "experiment's own, 1.5M).")
+@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Runs at a time; one core each.")
+def experiment(name: str, out: Path, seeds: int | None, steps: int | None, jobs: int) -> None:
+    """Run one of the seed's experiments (resumable), then write its table and figures."""
+    from ppo.experiments import run_experiment
+
+    click.echo(str(_run_guarded(lambda: run_experiment(name, out, seeds, steps, jobs))))
+
+
+@main.command()
 @click.argument("layer", type=click.Choice(["numpy"]))
 @click.option("--env", "env_id", default="CartPole-v1", show_default=True)
 @click.option("--seed", default=0, show_default=True)

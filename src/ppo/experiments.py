@@ -1,0 +1,203 @@
+"""The seed's exercise, ablation and pitfalls as resumable experiments: variants x seeds,
+run as parallel `ppo train` processes, summarized as a Markdown table and figures."""
+
+from __future__ import annotations
+
+import csv
+import math
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ppo.checkpoint import CHECKPOINT_NAME
+
+SOLVED = {"LunarLander-v3": 200.0, "CartPole-v1": 475.0, "Pendulum-v1": -300.0}
+
+
+@dataclass
+class Experiment:
+    description: str
+    variants: dict[str, dict[str, Any]]
+    seeds: int = 3
+    steps: int = 1_500_000
+    base: dict[str, Any] = field(default_factory=lambda: {"env_id": "LunarLander-v3"})
+    twin_axes: bool = False
+
+
+EXPERIMENTS = {
+    "lunarlander": Experiment(
+        "The seed's exercise: LunarLander-v3, standard hyperparameters, 5 seeds.",
+        {"standard": {}}, seeds=5),
+    "eps-ablation": Experiment(
+        "Clip range 0.2 against 1.0 (the ratchet removed).",
+        {"eps=0.2": {"clip_eps": 0.2}, "eps=1.0": {"clip_eps": 1.0}}, twin_axes=True),
+    "eps-ablation-harsh": Experiment(
+        "No clip at all (eps=1000), 20 epochs, lr 1e-3, against the same with eps=0.2.",
+        {"eps=0.2,K=20,lr=1e-3": {"clip_eps": 0.2, "epochs": 20, "lr": 1e-3},
+         "no clip,K=20,lr=1e-3": {"clip_eps": 1000.0, "epochs": 20, "lr": 1e-3,
+                                  "clip_value": False}},
+        twin_axes=True),
+    "pitfalls": Experiment(
+        "Each of the seed's pitfalls against the standard configuration.",
+        {
+            "standard": {},
+            "advantages in epoch loop": {"pitfall_recompute_advantages": True},
+            "old log-probs recomputed": {"pitfall_fresh_old_logprobs": True},
+            "no value clipping": {"clip_value": False},
+            "no advantage normalization": {"norm_adv": "off"},
+            "K=20 epochs": {"epochs": 20},
+            "eps=0.5": {"clip_eps": 0.5},
+        }),
+}
+
+
+def _flag(key: str, value: Any) -> list[str]:
+    name = "--env" if key == "env_id" else "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return [name if value else "--no-" + name[2:]]
+    return [name, str(value)]
+
+
+def _slug(label: str) -> str:
+    return "".join(c if c.isalnum() or c in ".=-" else "_" for c in label)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, float]]:
+    path = run_dir / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) if v else math.nan for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def _finished(run_dir: Path, steps: int) -> bool:
+    rows = read_metrics(run_dir)
+    return bool(rows) and rows[-1]["global_step"] >= steps
+
+
+def _command(run_dir: Path, overrides: dict[str, Any], seed: int, steps: int) -> list[str]:
+    base = [sys.executable, "-m", "ppo", "train", "--quiet"]
+    has_checkpoint = any(CHECKPOINT_NAME.match(p.name)
+                         for p in (run_dir / "checkpoints").glob("*.safetensors"))
+    if has_checkpoint:
+        return [*base, "--resume", str(run_dir), "--total-timesteps", str(steps)]
+    if run_dir.exists():  # started but never checkpointed: start over
+        for p in sorted(run_dir.rglob("*"), reverse=True):
+            p.rmdir() if p.is_dir() else p.unlink()
+        run_dir.rmdir()
+    flags = [f for k, v in overrides.items() for f in _flag(k, v)]
+    return [*base, *flags, "--seed", str(seed), "--total-timesteps", str(steps),
+            "--run-dir", str(run_dir), "--no-tensorboard"]
+
+
+def run_experiment(name: str, out: Path, seeds: int | None, steps: int | None,
+                   jobs: int) -> Path:
+    """Run what is not finished yet, then write results.md and the figures; return results.md."""
+    exp = EXPERIMENTS[name]
+    seeds, steps = seeds or exp.seeds, steps or exp.steps
+    root = out / name
+    runs = {label: [root / _slug(label) / f"seed{s}" for s in range(seeds)]
+            for label in exp.variants}
+    todo = [
+        (run_dir, {**exp.base, **exp.variants[label]}, seed)
+        for label, dirs in runs.items() for seed, run_dir in enumerate(dirs)
+        if not _finished(run_dir, steps)
+    ]
+
+    def launch(item: tuple[Path, dict[str, Any], int]) -> tuple[Path, int]:
+        run_dir, overrides, seed = item
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        with open(run_dir.parent / f"seed{seed}.log", "w") as log:
+            done = subprocess.run(_command(run_dir, overrides, seed, steps), stdout=log,
+                                  stderr=subprocess.STDOUT)
+        return run_dir, done.returncode
+
+    print(f"{name}: {len(todo)} of {seeds * len(runs)} runs to do, {jobs} at a time", flush=True)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for run_dir, code in pool.map(launch, todo):
+            print(f"  {run_dir}: {'done' if code == 0 else f'failed ({code}), see its log'}",
+                  flush=True)
+    return report(name, runs, exp, root)
+
+
+def summarize(rows: list[dict[str, float]], threshold: float | None) -> dict[str, float]:
+    """Final return, first step and wall-clock at which the return passed the threshold,
+    and mean approx KL and clip fraction over the run."""
+    if not rows:
+        return {}
+    wall = np.cumsum([r["time_total"] for r in rows])
+    solved = [i for i, r in enumerate(rows)
+              if threshold is not None and r["episodic_return"] > threshold]
+    return {
+        "final_return": rows[-1]["episodic_return"],
+        "steps_to_solve": rows[solved[0]]["global_step"] if solved else math.nan,
+        "time_to_solve": wall[solved[0]] if solved else math.nan,
+        "wall_clock": wall[-1],
+        "approx_kl": float(np.nanmean([r["approx_kl"] for r in rows])),
+        "max_kl": float(np.nanmax([r["approx_kl"] for r in rows])),
+        "clipfrac": float(np.nanmean([r["clipfrac"] for r in rows])),
+    }
+
+
+def _fmt(values: list[float], digits: int = 1) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values):.{digits}f}"
+
+
+def report(name: str, runs: dict[str, list[Path]], exp: Experiment, root: Path) -> Path:
+    from ppo import figures
+
+    threshold = SOLVED.get(exp.base["env_id"])
+    lines = [f"# {name}", "", exp.description, "",
+             f"Solved: mean return over the last 100 episodes > {threshold}.", "",
+             "| variant | seeds | final return | solved | median steps to solve | "
+             "median wall-clock to solve (s) | mean approx KL | max approx KL | "
+             "mean clip fraction |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    per_seed = ["", "## Per seed", "", "| variant | seed | final return | steps to solve | "
+                "wall-clock to solve (s) | total wall-clock (s) |", "|---|---|---|---|---|---|"]
+    for label, dirs in runs.items():
+        stats = [summarize(read_metrics(d), threshold) for d in dirs]
+        stats = [s for s in stats if s]
+        if not stats:
+            continue
+        solved = [s for s in stats if not math.isnan(s["steps_to_solve"])]
+        def med(key: str, solved: list[dict[str, float]] = solved) -> str:
+            return f"{np.median([s[key] for s in solved]):.0f}" if solved else "-"
+
+        lines.append(
+            f"| {label} | {len(stats)} | {_fmt([s['final_return'] for s in stats])} | "
+            f"{len(solved)}/{len(stats)} | {med('steps_to_solve')} | {med('time_to_solve')} | "
+            f"{_fmt([s['approx_kl'] for s in stats], 4)} | "
+            f"{_fmt([s['max_kl'] for s in stats], 3)} | "
+            f"{_fmt([s['clipfrac'] for s in stats], 3)} |")
+        for d, s in zip(dirs, stats, strict=False):
+            per_seed.append(
+                f"| {label} | {d.name[4:]} | {s['final_return']:.1f} | "
+                f"{'-' if math.isnan(s['steps_to_solve']) else int(s['steps_to_solve'])} | "
+                f"{'-' if math.isnan(s['time_to_solve']) else round(s['time_to_solve'])} | "
+                f"{s['wall_clock']:.0f} |")
+    existing = {label: [d for d in dirs if (d / "metrics.csv").exists()]
+                for label, dirs in runs.items()}
+    existing = {k: v for k, v in existing.items() if v}
+    if existing:
+        all_dirs = [d for dirs in existing.values() for d in dirs]
+        labels = [label for label, dirs in existing.items() for _ in dirs]
+        curves = figures.plot_runs(all_dirs, root / "curves.png", labels=labels)
+        lines += ["", f"![learning curves]({curves.name})"]
+        if exp.twin_axes:
+            twin = figures.plot_return_and_kl(existing, root / "return_and_kl.png")
+            lines += ["", f"![return and KL]({twin.name})"]
+    path = root / "results.md"
+    path.write_text("\n".join(lines + per_seed) + "\n")
+    return path
