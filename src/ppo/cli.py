@@ -32,10 +32,11 @@ class UserError(click.ClickException):
 def _run_guarded(fn: Callable[[], Any]) -> Any:
     from ppo.checkpoint import CheckpointError
     from ppo.rollout import EnvValueError
+    from ppo.trainer import NonFiniteError
 
     try:
         return fn()
-    except (ConfigError, CheckpointError, EnvValueError) as e:
+    except (ConfigError, CheckpointError, EnvValueError, NonFiniteError) as e:
         raise UserError(str(e)) from None
     except OSError as e:
         raise UserError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
@@ -106,7 +107,7 @@ def main() -> None:
 def train(config_file: Path | None, preset: str | None, resume_dir: Path | None, quiet: bool,
           **flags: Any) -> None:
     """Train an agent. Plain `ppo train` trains LunarLander-v3 with the seed's settings."""
-    from ppo.trainer import PPO
+    from ppo.trainer import PPO, Interrupted
 
     def run() -> None:
         given = _parse_flags(flags)
@@ -134,6 +135,9 @@ def train(config_file: Path | None, preset: str | None, resume_dir: Path | None,
             click.echo(f"run directory: {cfg.run_dir}", err=True)
         try:
             agent.learn()
+        except Interrupted as e:
+            click.echo(f"{e}; checkpoint written, resume with --resume", err=True)
+            sys.exit(128 + e.signum)
         finally:
             agent.close()
 

@@ -67,6 +67,11 @@ class Config:
         choices=("batch", "minibatch", "off"),
     )
 
+    max_nonfinite_steps: int = _f(
+        10, "Stop after this many minibatch steps in a row with a NaN/Inf loss or gradient "
+        "(each one is skipped, not applied)."
+    )
+
     hidden_sizes: list[int] = _f([64, 64], "Hidden layer widths of each MLP.")
     shared_trunk: bool = _f(
         False, "One trunk for policy and value (the seed's layer 3) instead of two networks."
@@ -102,7 +107,7 @@ class Config:
     def validate(self) -> Config:
         """Raise ConfigError naming the first bad value; return self for chaining."""
         positive_ints = ("total_timesteps", "num_envs", "threads", "rollout_steps",
-                         "minibatch_size", "epochs", "checkpoint_every")
+                         "minibatch_size", "epochs", "checkpoint_every", "max_nonfinite_steps")
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -45,7 +45,8 @@ class TorchLearner:
 
     def step(self, index: np.ndarray, kl_limit: float | None = None) -> np.ndarray:
         """Loss, backward, clip, Adam on one minibatch. Returns (approx_kl, clipfrac,
-        policy_loss, value_loss, entropy); skips the step when approx KL exceeds kl_limit."""
+        policy_loss, value_loss, entropy, nonfinite); skips the step when approx KL exceeds
+        kl_limit, or when the loss or gradient is not finite (then nonfinite is 1)."""
         cfg, mb = self.cfg, self._tensor(index)
         logp, entropy, values = self.model.evaluate(self.obs[mb], self.actions[mb])
         # The pitfall: pi_old taken from the current weights makes every ratio exactly 1.
@@ -62,12 +63,17 @@ class TorchLearner:
         with torch.no_grad():
             stats = torch.stack([objective.approx_kl(log_ratio),
                                  objective.clip_fraction(ratio, cfg.clip_eps),
-                                 loss_pi, loss_v, entropy.mean()]).cpu().numpy()
+                                 loss_pi, loss_v, entropy.mean(), torch.zeros(())]).cpu().numpy()
         if kl_limit is not None and stats[0] > kl_limit:
             return stats
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        params = list(self.model.parameters())
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if not torch.isfinite(norm):
+            stats[5] = 1.0
+            return stats
         if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+            torch.nn.utils.clip_grads_with_norm_(params, cfg.max_grad_norm, norm)
         self.optimizer.step()
         return stats

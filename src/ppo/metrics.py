@@ -15,8 +15,8 @@ from ppo.checkpoint import write_atomic
 COLUMNS = (
     "update", "global_step", "episodic_return", "episodic_length", "episodes",
     "approx_kl", "clipfrac", "policy_loss", "value_loss", "entropy", "explained_variance",
-    "learning_rate", "epochs_run", "sps", "time_env", "time_act", "time_advantages",
-    "time_optimize", "time_total",
+    "learning_rate", "epochs_run", "nonfinite_steps", "sps",
+    "time_env", "time_act", "time_advantages", "time_optimize", "time_total",
 )
 # The seed's healthy ranges: the ratchet misbehaves outside them.
 KL_LIMIT = 0.02

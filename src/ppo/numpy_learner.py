@@ -159,7 +159,7 @@ class NumpyLearner:
             loss_v = float(np.mean(error * error))
             d_values = error
         mean_entropy = float(entropy.mean())
-        stats = np.array([approx_kl, clipfrac, loss_pi, loss_v, mean_entropy])
+        stats = np.array([approx_kl, clipfrac, loss_pi, loss_v, mean_entropy, 0.0])
         if kl_limit is not None and approx_kl > kl_limit:
             return stats
 
@@ -185,7 +185,8 @@ class NumpyLearner:
             self._backward_trunk(self.actor, actor, d_actor_top)
         else:
             self._backward_trunk(self.actor, actor, d_actor_top + d_critic_top)
-        self._clip_and_adam()
+        if not self._clip_and_adam():
+            stats[5] = 1.0
         return stats
 
     @staticmethod
@@ -208,11 +209,15 @@ class NumpyLearner:
             if i:
                 d = d @ w
 
-    def _clip_and_adam(self) -> None:
-        """Global grad-norm clip, then torch's Adam update, on the flat vectors."""
+    def _clip_and_adam(self) -> bool:
+        """Global grad-norm clip, then torch's Adam update, on the flat vectors; nothing is
+        applied (False) when the gradient is not finite."""
         cfg, g = self.cfg, self.grad
+        norm = math.sqrt(float(np.dot(g, g)))
+        if not math.isfinite(norm):
+            return False
         if cfg.max_grad_norm > 0:
-            coef = cfg.max_grad_norm / (math.sqrt(float(np.dot(g, g))) + 1e-6)
+            coef = cfg.max_grad_norm / (norm + 1e-6)
             if coef < 1.0:
                 g *= coef
         beta1, beta2 = self.optimizer.param_groups[0]["betas"]
@@ -229,3 +234,4 @@ class NumpyLearner:
         denom /= math.sqrt(1.0 - beta2**t)
         denom += eps
         self.theta -= step_size * self.m / denom
+        return True

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import json
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,40 @@ from ppo.normalization import ObsNormalizer, RewardScaler
 from ppo.numpy_learner import NumpyLearner
 from ppo.policy import ActorCritic, InferencePolicy
 from ppo.rollout import Collector, Rollout
+
+
+class NonFiniteError(RuntimeError):
+    """Too many minibatch steps in a row produced NaN/Inf; none of them was applied."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; the current update finished and a checkpoint was written."""
+
+    def __init__(self, signum: int, update: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name} after update {update}")
+        self.signum = signum
+
+
+class StopSignals:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between updates, so a stop never
+    interrupts a half-applied update or a checkpoint write."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self.previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 class PPO:
@@ -69,6 +105,7 @@ class PPO:
         )
         self.global_step = 0
         self.update = 0
+        self.nonfinite_streak = 0
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else None
         self._envs_ready = False
 
@@ -105,6 +142,7 @@ class PPO:
             for first in range(0, batch_size, cfg.minibatch_size):
                 stats.append(self.learner.step(order[first : first + cfg.minibatch_size],
                                                kl_limit=cfg.target_kl))
+                self._count_nonfinite(stats[-1][5])
                 stop = cfg.target_kl is not None and stats[-1][0] > cfg.target_kl
                 if stop:
                     break
@@ -125,7 +163,8 @@ class PPO:
             "episodic_length": self.collector.episodes.mean_length(),
             "episodes": self.collector.episodes.episodes,
             "approx_kl": means[0], "clipfrac": means[1], "policy_loss": means[2],
-            "value_loss": means[3], "entropy": means[4],
+            "value_loss": means[3], "entropy": means[4], "nonfinite_steps": int(sum(
+                s[5] for s in stats)),
             "explained_variance": self.explained_variance,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
             "epochs_run": epochs_run,
@@ -133,6 +172,14 @@ class PPO:
             **{f"time_{k}": v for k, v in timings.items()},
             "time_total": elapsed,
         }
+
+    def _count_nonfinite(self, skipped: float) -> None:
+        self.nonfinite_streak = self.nonfinite_streak + 1 if skipped else 0
+        if self.nonfinite_streak >= self.config.max_nonfinite_steps:
+            raise NonFiniteError(
+                f"{self.nonfinite_streak} minibatch steps in a row had a NaN/Inf loss or "
+                f"gradient (update {self.update + 1}); none was applied, the last checkpoint "
+                "is intact. Lower lr or check the env's rewards")
 
     def _freeze(self, rollout: Rollout):
         """log pi_old(a|s) and V(s) for the whole rollout in one pass, then GAE; hands the
@@ -186,15 +233,18 @@ class PPO:
         logger = MetricsLogger(self.run_dir, self.verbose, cfg.tensorboard,
                                total_updates, self.update + 1)
         try:
-            while self.global_step < end_step:
-                row = self.iteration()
-                logger.log(row)
-                if self.run_dir is not None and self.update % cfg.checkpoint_every == 0:
-                    self.save(checkpoint_path(self.run_dir, self.update))
+            with StopSignals() as signals:
+                while self.global_step < end_step and signals.received is None:
+                    row = self.iteration()
+                    logger.log(row)
+                    if self.run_dir is not None and self.update % cfg.checkpoint_every == 0:
+                        self.save(checkpoint_path(self.run_dir, self.update))
             if self.run_dir is not None:
                 self.save(checkpoint_path(self.run_dir, self.update))
         finally:
             logger.close()
+        if signals.received is not None:
+            raise Interrupted(signals.received, self.update)
         return self
 
     def _claim_run_dir(self) -> None:
