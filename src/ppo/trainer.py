@@ -238,14 +238,26 @@ class PPO:
                     row = self.iteration()
                     logger.log(row)
                     if self.run_dir is not None and self.update % cfg.checkpoint_every == 0:
-                        self.save(checkpoint_path(self.run_dir, self.update))
+                        self._checkpoint()
             if self.run_dir is not None:
-                self.save(checkpoint_path(self.run_dir, self.update))
+                self._checkpoint()
         finally:
             logger.close()
         if signals.received is not None:
             raise Interrupted(signals.received, self.update)
         return self
+
+    def _checkpoint(self) -> None:
+        path = checkpoint_path(self.run_dir, self.update)
+        try:
+            self.save(path)
+        except OSError as e:
+            try:
+                previous = f"the previous one, {latest_checkpoint(self.run_dir).name}, is intact"
+            except CheckpointError:
+                previous = "there is no earlier checkpoint"
+            raise CheckpointError(
+                f"could not write checkpoint {path}: {e.strerror or e}; {previous}") from None
 
     def _claim_run_dir(self) -> None:
         """Create the run directory; a fresh agent refuses one that already holds a run."""
