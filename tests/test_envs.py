@@ -72,3 +72,23 @@ def test_discrete_observations_are_one_hot():
     space = gym.spaces.Discrete(5, start=1)
     np.testing.assert_array_equal(encode_obs(space, np.array([1, 5])),
                                   np.eye(5, dtype=np.float32)[[0, 4]])
+
+
+def test_dead_async_worker_is_named():
+    import os
+    import signal
+    import time
+
+    from ppo.rollout import EnvWorkerError
+    from ppo.trainer import PPO
+
+    agent = PPO(Config(env_id="CartPole-v1", num_envs=2, vector="async", rollout_steps=16,
+                       minibatch_size=8, tensorboard=False), verbose=False)
+    try:
+        agent.collector.reset(0)
+        os.kill(agent.envs.processes[1].pid, signal.SIGKILL)
+        time.sleep(0.3)
+        with pytest.raises(EnvWorkerError, match="env 1's worker process died"):
+            agent.collector.collect(16, 0)
+    finally:
+        agent.envs.close(terminate=True)

@@ -31,12 +31,12 @@ class UserError(click.ClickException):
 
 def _run_guarded(fn: Callable[[], Any]) -> Any:
     from ppo.checkpoint import CheckpointError
-    from ppo.rollout import EnvValueError
+    from ppo.rollout import EnvValueError, EnvWorkerError
     from ppo.trainer import NonFiniteError
 
     try:
         return fn()
-    except (ConfigError, CheckpointError, EnvValueError, NonFiniteError) as e:
+    except (ConfigError, CheckpointError, EnvValueError, EnvWorkerError, NonFiniteError) as e:
         raise UserError(str(e)) from None
     except OSError as e:
         raise UserError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None

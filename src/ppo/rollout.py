@@ -25,6 +25,10 @@ class EnvValueError(RuntimeError):
     """An env returned NaN or Inf: names the step and env index."""
 
 
+class EnvWorkerError(RuntimeError):
+    """A subprocess env worker died: names the env index."""
+
+
 @dataclass
 class Rollout:
     """T steps of N envs. Observations are as the policy saw them (normalized if enabled)."""
@@ -150,7 +154,10 @@ class Collector:
             actions[t] = action
             env_action = self._env_action(action)
             tock = clock()
-            raw_obs, reward, term, trunc, info = self.envs.step(env_action)
+            try:
+                raw_obs, reward, term, trunc, info = self.envs.step(env_action)
+            except (BrokenPipeError, EOFError, ConnectionResetError) as e:
+                raise _dead_worker(self.envs, e) from None
             self.time_act += tock - tick
             self.time_env += clock() - tock
             ended = term | trunc
@@ -182,6 +189,14 @@ class Collector:
             successors = np.zeros((0, self.obs.shape[-1]), np.float32)
         return Rollout(obs_buf, actions, rewards, terminated, episode_end, valid,
                        self.obs.copy(), steps_idx, successors)
+
+
+def _dead_worker(envs: VectorEnv, error: Exception) -> EnvWorkerError:
+    processes = getattr(envs, "processes", [])
+    dead = [i for i, p in enumerate(processes) if not p.is_alive()]
+    which = f"env {dead[0]}'s worker process" if dead else "an env worker process"
+    return EnvWorkerError(f"{which} died ({type(error).__name__}); the last checkpoint is "
+                          "intact, resume with --resume")
 
 
 def _raise_non_finite(reward: np.ndarray | None, obs: np.ndarray, step: int) -> None:
