@@ -59,7 +59,9 @@ def write_atomic(path: Path, data: bytes) -> None:
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
     # clone(): parameters may be views of one shared buffer, which safetensors refuses.
     tensors = {k: v.detach().cpu().clone() for k, v in tensors.items()}
-    header = {"format": FORMAT, "sha256": _digest(tensors), "meta": json.dumps(meta)}
+    meta_json = json.dumps(meta)
+    header = {"format": FORMAT, "sha256": _digest(tensors), "meta": meta_json,
+              "meta_sha256": hashlib.sha256(meta_json.encode()).hexdigest()}
     write_atomic(Path(path), save_safetensors(tensors, metadata=header))
 
 
@@ -80,9 +82,16 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raise CheckpointError(f"{path} is not a valid ppo checkpoint ({e})") from None
     if header.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a ppo checkpoint (format {header.get('format')!r})")
-    if header.get("sha256") != _digest(tensors):
+    meta_json = header.get("meta", "")
+    # Checkpoints written before meta_sha256 existed carry only the tensor digest.
+    meta_ok = "meta_sha256" not in header or (
+        header["meta_sha256"] == hashlib.sha256(meta_json.encode()).hexdigest())
+    if header.get("sha256") != _digest(tensors) or not meta_ok:
         raise CheckpointError(f"{path} is corrupted: its contents do not match its checksum")
-    return tensors, json.loads(header["meta"])
+    try:
+        return tensors, json.loads(meta_json)
+    except ValueError as e:
+        raise CheckpointError(f"{path} is corrupted: unreadable metadata ({e})") from None
 
 
 def checkpoint_path(run_dir: Path, update: int) -> Path:

@@ -21,12 +21,9 @@ OPTION_NAMES = {"env_id": "--env"}
 
 
 class UserError(click.ClickException):
-    """One line on stderr, exit status 2, no traceback."""
+    """Bad input: one line on stderr, exit status 2, no traceback."""
 
     exit_code = 2
-
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
 
 
 def _run_guarded(fn: Callable[[], Any]) -> Any:
@@ -91,7 +88,22 @@ def default_run_dir(cfg: Config) -> str:
     return str(Path("runs") / f"{env}__{cfg.seed}__{stamp}")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class OneLineErrors(click.Group):
+    """Every usage error, Click's own included, as one `error:` line with exit status 2."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as e:
+            click.echo(f"error: {e.format_message()}", err=True)
+            sys.exit(e.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=OneLineErrors,
+             context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
     """Proximal Policy Optimization (PPO-Clip) on PyTorch and Gymnasium."""
 
@@ -226,11 +238,15 @@ def experiment(name: str, out: Path, seeds: int | None, steps: int | None, jobs:
 @click.argument("layer", type=click.Choice(["numpy"]))
 @click.option("--env", "env_id", default="CartPole-v1", show_default=True)
 @click.option("--seed", default=0, show_default=True)
-def layers(layer: str, env_id: str, seed: int) -> None:
+@click.option("--iterations", default=300, show_default=True, type=click.IntRange(min=1))
+@click.option("--target-return", type=float, default=475.0, show_default=True,
+              help="Stop once the mean return of the last 100 episodes reaches this.")
+def layers(layer: str, env_id: str, seed: int, iterations: int, target_return: float) -> None:
     """The seed's first layer: PPO-Clip in NumPy with hand-derived gradients."""
     from ppo.reference.numpy_ppo import train as numpy_train
 
-    _run_guarded(lambda: numpy_train(env_id=env_id, seed=seed))
+    _run_guarded(lambda: numpy_train(env_id=env_id, seed=seed, iterations=iterations,
+                                     target_return=target_return))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,177 @@
+"""Diagnostics: metrics.csv, TensorBoard, the console line and the health check."""
+
+import csv
+import math
+import re
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from ppo.config import Config
+from ppo.metrics import COLUMNS, HealthCheck, MetricsLogger, _truncate_after, console_line
+from ppo.trainer import PPO
+
+REQUIRED = ["update", "global_step", "episodic_return", "episodic_length", "approx_kl",
+            "clipfrac", "policy_loss", "value_loss", "entropy", "explained_variance",
+            "learning_rate", "sps"]
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+class _Recorder(gym.Wrapper):
+    """Writes each finished episode's undiscounted return and length to a shared list."""
+
+    def __init__(self, env, log):
+        super().__init__(env)
+        self.log, self.ret, self.len = log, 0.0, 0
+
+    def reset(self, **kw):
+        self.ret, self.len = 0.0, 0
+        return self.env.reset(**kw)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.ret += float(reward)
+        self.len += 1
+        if terminated or truncated:
+            self.log.append((self.ret, self.len))
+        return obs, reward, terminated, truncated, info
+
+
+@pytest.fixture(scope="module")
+def logged_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("metrics") / "run"
+    episodes = []
+    cfg = Config(env_id="CartPole-v1", num_envs=2, rollout_steps=256, minibatch_size=128,
+                 total_timesteps=8 * 512, run_dir=str(run_dir), tensorboard=True)
+    PPO(cfg, env=lambda: _Recorder(gym.make("CartPole-v1"), episodes), verbose=False).learn()
+    return run_dir, episodes
+
+
+def test_metrics_csv_columns_and_rows(logged_run):
+    run_dir, _ = logged_run
+    header, rows = _rows(run_dir / "metrics.csv")
+    assert header == list(COLUMNS)
+    assert set(REQUIRED) <= set(header)
+    assert [int(r["update"]) for r in rows] == list(range(1, 9))
+    assert [int(r["global_step"]) for r in rows] == [512 * u for u in range(1, 9)]
+    for row in rows:
+        for key in header:
+            assert math.isfinite(float(row[key])), (key, row[key])
+        assert 0.0 <= float(row["clipfrac"]) <= 1.0
+        assert float(row["approx_kl"]) >= 0.0
+        assert 0.0 < float(row["entropy"]) <= math.log(2) + 1e-6
+        assert float(row["learning_rate"]) == 3e-4
+        assert float(row["sps"]) > 0
+        assert int(row["epochs_run"]) == 4 and int(row["nonfinite_steps"]) == 0
+
+
+def test_episodic_return_is_the_mean_of_the_last_100_episodes(logged_run):
+    run_dir, episodes = logged_run
+    _, rows = _rows(run_dir / "metrics.csv")
+    assert int(rows[-1]["episodes"]) == len(episodes) > 100  # the window is really exercised
+    for row in rows:
+        done = episodes[: int(row["episodes"])][-100:]
+        assert float(row["episodic_return"]) == pytest.approx(np.mean([r for r, _ in done]))
+        assert float(row["episodic_length"]) == pytest.approx(np.mean([n for _, n in done]))
+
+
+def test_tensorboard_scalars_match_the_csv(logged_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = logged_run
+    _, rows = _rows(run_dir / "metrics.csv")
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    for key in ("approx_kl", "episodic_return", "learning_rate"):
+        scalars = events.Scalars(f"ppo/{key}")
+        assert [s.step for s in scalars] == [int(r["global_step"]) for r in rows]
+        np.testing.assert_allclose([s.value for s in scalars], [float(r[key]) for r in rows],
+                                   rtol=1e-6)
+
+
+def test_no_episode_yet_is_an_empty_cell(tmp_path):
+    from helpers_envs import CounterEnv
+
+    cfg = Config(env_id="counter", rollout_steps=16, minibatch_size=16, total_timesteps=16,
+                 run_dir=str(tmp_path / "run"), tensorboard=False)
+    PPO(cfg, env=CounterEnv(), verbose=False).learn()
+    _, rows = _rows(tmp_path / "run" / "metrics.csv")
+    assert rows[0]["episodic_return"] == "" and rows[0]["episodes"] == "0"
+
+
+def _row(update=1, kl=0.01, clipfrac=0.2, **kw):
+    row = {"update": update, "global_step": 2048 * update, "episodic_return": 104.2,
+           "episodic_length": 104.2, "approx_kl": kl, "clipfrac": clipfrac,
+           "policy_loss": -0.041, "value_loss": 0.28, "entropy": 0.61,
+           "explained_variance": 0.5, "sps": 4321.0}
+    row.update(kw)
+    return row
+
+
+def test_console_line_has_the_seed_shape():
+    line = console_line(_row(update=20, kl=0.024, clipfrac=0.15, global_step=40960))
+    assert line == ("update 020 step 40960 return=+104.2 kl=0.024 clipfrac=0.15 "
+                    "loss_pi=-0.041 loss_v=0.28 entropy=0.610 ev=0.50 sps=4321")
+    assert "return=   n/a" in console_line(_row(episodic_return=float("nan")))
+
+
+def test_health_check_warns_once_per_stretch():
+    health = HealthCheck(patience=3)
+    kl_pattern = [0.05] * 6 + [0.01] * 2 + [0.05] * 4  # two stretches of high KL
+    warnings = [health.check(_row(u, kl=kl)) for u, kl in enumerate(kl_pattern, 1)]
+    flagged = [u for u, w in enumerate(warnings, 1) if w]
+    assert flagged == [3, 11]
+    assert all(len(w) == 1 and "approx KL" in w[0] for w in warnings if w)
+    assert warnings[2][0].startswith("warning: update 3:")
+
+
+def test_health_check_clip_fraction_band():
+    health = HealthCheck(patience=2)
+    out = [health.check(_row(u, clipfrac=c)) for u, c in
+           enumerate([0.05, 0.02, 0.01, 0.2, 0.5, 0.6, 0.7, 0.3, 0.1], 1)]
+    assert [u for u, w in enumerate(out, 1) if w] == [2, 6]
+    assert "idle" in out[1][0] and "pinned" in out[5][0]
+    # Both signs at once give two warnings on the same update, still once each.
+    health = HealthCheck(patience=1)
+    assert len(health.check(_row(kl=0.1, clipfrac=0.5))) == 2
+    assert health.check(_row(kl=0.1, clipfrac=0.5)) == []
+
+
+def test_console_output_is_plain_lines_with_single_warnings(capsys):
+    logger = MetricsLogger(None, verbose=True, tensorboard=False, total_updates=6,
+                           first_update=1)
+    for u in range(1, 7):
+        logger.log(_row(u, kl=0.1, clipfrac=0.5))
+    logger.close()
+    out = capsys.readouterr().out
+    assert "\r" not in out  # piped: no progress bar
+    lines = out.splitlines()
+    assert sum(line.startswith("update ") for line in lines) == 6
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert len(warnings) == 2  # KL and clip fraction, once each for the whole stretch
+    assert all(re.match(r"^update \d{3} step \d+ return=", line) or line.startswith("warning:")
+               for line in lines)
+
+
+def test_quiet_run_prints_nothing(tmp_path, capsys):
+    cfg = Config(env_id="CartPole-v1", rollout_steps=32, minibatch_size=32, total_timesteps=64,
+                 tensorboard=False)
+    PPO(cfg, verbose=False).learn()
+    assert capsys.readouterr().out == ""
+    PPO(cfg, verbose=True).learn()
+    assert len(capsys.readouterr().out.splitlines()) == 2
+
+
+def test_truncate_after_drops_later_and_partial_rows(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("update,x\n1,a\n2,b\n3,c\n4,d\n5,e")  # last line cut mid-write
+    _truncate_after(path, 3)
+    assert path.read_text() == "update,x\n1,a\n2,b\n3,c\n"
+    _truncate_after(path, 3)  # nothing to do
+    assert path.read_text() == "update,x\n1,a\n2,b\n3,c\n"
