@@ -301,3 +301,15 @@ def test_one_env_instance_works():
                        tensorboard=False), env=env, verbose=False)
     agent.learn(32)
     assert agent.global_step == 32
+
+
+def test_reward_scaler_ignores_reset_steps():
+    from ppo.normalization import RewardScaler
+
+    scaler = RewardScaler(num_envs=2, gamma=0.9, clip=10.0)
+    scaler(np.array([1.0, 2.0]), np.array([False, True]))
+    count = scaler.stats.count
+    scaler(np.array([1.0, 0.0]), np.array([False, False]), valid=np.array([True, False]))
+    assert scaler.stats.count == pytest.approx(count + 1)
+    scaler(np.array([0.0, 0.0]), np.array([False, False]), valid=np.array([False, False]))
+    assert scaler.stats.count == pytest.approx(count + 1)

@@ -50,9 +50,13 @@ class RewardScaler:
         self.stats, self.gamma, self.clip = RunningMeanStd(), gamma, clip
         self.discounted_return = np.zeros(num_envs, np.float64)
 
-    def __call__(self, rewards: np.ndarray, episode_end: np.ndarray) -> np.ndarray:
+    def __call__(self, rewards: np.ndarray, episode_end: np.ndarray,
+                 valid: np.ndarray | None = None) -> np.ndarray:
+        """valid masks out next-step reset steps, which are not part of any episode."""
         self.discounted_return = self.discounted_return * self.gamma + rewards
-        self.stats.update(self.discounted_return)
+        counted = self.discounted_return if valid is None else self.discounted_return[valid]
+        if len(counted):
+            self.stats.update(counted)
         scaled = rewards / np.sqrt(self.stats.var + 1e-8)
         self.discounted_return[episode_end] = 0.0
         return np.clip(scaled, -self.clip, self.clip).astype(np.float32)

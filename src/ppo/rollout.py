@@ -167,7 +167,7 @@ class Collector:
             step_valid = ~self.pending_reset
             self.episodes.step(reward, step_valid if resetting else None, ended)
             if self.reward_scaler is not None:
-                reward = self.reward_scaler(reward, ended)
+                reward = self.reward_scaler(reward, ended, step_valid if resetting else None)
             rewards[t], terminated[t], episode_end[t], valid[t] = reward, term, ended, step_valid
             if not self.next_step_reset and ended.any():
                 idx = np.flatnonzero(ended)
