@@ -9,7 +9,7 @@ import torch
 
 import ppo.trainer
 from ppo.advantages import gae
-from ppo.config import Config
+from ppo.config import Config, from_dict
 from ppo.trainer import PPO, NonFiniteError
 
 LEARNERS = ["numpy", "torch"]
@@ -290,14 +290,12 @@ def test_same_seed_same_metrics(tmp_path, learner):
 
 
 # ---------------------------------------------------------------- learning
-CARTPOLE = dict(env_id="CartPole-v1", num_envs=8, rollout_steps=256, minibatch_size=256,
-                epochs=10, lr=1e-3, anneal_lr=True, total_timesteps=200_000, tensorboard=False)
-
-
 @pytest.mark.slow
-def test_cartpole_is_solved_within_200k_steps():
-    agent = PPO(Config(seed=0, **CARTPOLE), verbose=False)
-    agent.collector.reset(seed=0)
+def test_cartpole_preset_is_solved_within_200k_steps():
+    from ppo.cli import load_preset
+
+    agent = PPO(from_dict({**load_preset("cartpole"), "seed": 0, "tensorboard": False}),
+                verbose=False)
     best = -np.inf
     while agent.global_step < 200_000:
         row = agent.iteration()
