@@ -218,7 +218,7 @@ def plot(targets: tuple[str, ...], eps: float, out: Path | None) -> None:
 
 @main.command()
 @click.argument("name", type=click.Choice(
-    ["lunarlander", "eps-ablation", "eps-ablation-harsh", "pitfalls"]))
+    ["lunarlander", "trunk", "eps-ablation", "eps-ablation-harsh", "pitfalls"]))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("experiments"),
               show_default=True, help="Folder for the runs, table and figures.")
 @click.option("--seeds", type=click.IntRange(min=1), help="Seeds per variant (default: the "

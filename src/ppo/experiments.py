@@ -33,6 +33,14 @@ EXPERIMENTS = {
     "lunarlander": Experiment(
         "The seed's exercise: LunarLander-v3, standard hyperparameters, 5 seeds.",
         {"standard": {}}, seeds=5),
+    "trunk": Experiment(
+        "Shared trunk or two networks, each with and without value clipping: the measurement "
+        "behind the defaults.",
+        {"shared trunk, value clip": {"shared_trunk": True, "clip_value": True},
+         "shared trunk, no value clip": {"shared_trunk": True, "clip_value": False},
+         "two networks, value clip": {"shared_trunk": False, "clip_value": True},
+         "two networks, no value clip": {"shared_trunk": False, "clip_value": False}},
+        seeds=5),
     "eps-ablation": Experiment(
         "Clip range 0.2 against 1.0 (the ratchet removed).",
         {"eps=0.2": {"clip_eps": 0.2}, "eps=1.0": {"clip_eps": 1.0}}, twin_axes=True),
