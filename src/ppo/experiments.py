@@ -3,7 +3,6 @@ run as parallel `ppo train` processes, summarized as a Markdown table and figure
 
 from __future__ import annotations
 
-import csv
 import math
 import subprocess
 import sys
@@ -75,18 +74,16 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in ".=-" else "_" for c in label)
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, float]]:
-    path = run_dir / "metrics.csv"
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return [{k: float(v) if v else math.nan for k, v in row.items()}
-                for row in csv.DictReader(f)]
+def _metrics(run_dir: Path) -> dict[str, np.ndarray]:
+    """Columns of a run's metrics.csv; empty when the run has logged nothing yet."""
+    from ppo.figures import read_metrics
+
+    return read_metrics(run_dir) if (run_dir / "metrics.csv").is_file() else {}
 
 
 def _finished(run_dir: Path, steps: int) -> bool:
-    rows = read_metrics(run_dir)
-    return bool(rows) and rows[-1]["global_step"] >= steps
+    steps_logged = _metrics(run_dir).get("global_step", np.zeros(0))
+    return len(steps_logged) > 0 and steps_logged[-1] >= steps
 
 
 def _command(run_dir: Path, overrides: dict[str, Any], seed: int, steps: int) -> list[str]:
@@ -134,22 +131,24 @@ def run_experiment(name: str, out: Path, seeds: int | None, steps: int | None,
     return report(name, runs, exp, root)
 
 
-def summarize(rows: list[dict[str, float]], threshold: float | None) -> dict[str, float]:
+def summarize(metrics: dict[str, np.ndarray], threshold: float | None) -> dict[str, float]:
     """Final return, first step and wall-clock at which the return passed the threshold,
     and mean approx KL and clip fraction over the run."""
-    if not rows:
+    if not len(metrics.get("update", [])):
         return {}
-    wall = np.cumsum([r["time_total"] for r in rows])
-    solved = [i for i, r in enumerate(rows)
-              if threshold is not None and r["episodic_return"] > threshold]
+    wall = np.cumsum(metrics["time_total"])
+    returns = metrics["episodic_return"]
+    solved = (np.flatnonzero(returns > threshold) if threshold is not None
+              else np.zeros(0, int))
+    first = solved[0] if len(solved) else None
     return {
-        "final_return": rows[-1]["episodic_return"],
-        "steps_to_solve": rows[solved[0]]["global_step"] if solved else math.nan,
-        "time_to_solve": wall[solved[0]] if solved else math.nan,
-        "wall_clock": wall[-1],
-        "approx_kl": float(np.nanmean([r["approx_kl"] for r in rows])),
-        "max_kl": float(np.nanmax([r["approx_kl"] for r in rows])),
-        "clipfrac": float(np.nanmean([r["clipfrac"] for r in rows])),
+        "final_return": float(returns[-1]),
+        "steps_to_solve": math.nan if first is None else float(metrics["global_step"][first]),
+        "time_to_solve": math.nan if first is None else float(wall[first]),
+        "wall_clock": float(wall[-1]),
+        "approx_kl": float(np.nanmean(metrics["approx_kl"])),
+        "max_kl": float(np.nanmax(metrics["approx_kl"])),
+        "clipfrac": float(np.nanmean(metrics["clipfrac"])),
     }
 
 
@@ -175,7 +174,7 @@ def report(name: str, runs: dict[str, list[Path]], exp: Experiment, root: Path) 
     per_seed = ["", "## Per seed", "", "| variant | seed | final return | steps to solve | "
                 "wall-clock to solve (s) | total wall-clock (s) |", "|---|---|---|---|---|---|"]
     for label, dirs in runs.items():
-        stats = [summarize(read_metrics(d), threshold) for d in dirs]
+        stats = [summarize(_metrics(d), threshold) for d in dirs]
         stats = [s for s in stats if s]
         if not stats:
             continue
