@@ -84,7 +84,10 @@ def child_sb3(num_envs: int, rollout_steps: int, steps: int, seed: int) -> dict:
 
     torch.set_num_threads(1)
     # make_vec_env: DummyVecEnv of Monitor-wrapped envs, what SB3 itself builds from an id.
-    envs = make_vec_env(ENV_ID, n_envs=num_envs, seed=seed)
+    # But not its default render_mode="rgb_array": LunarLander then adds a Box2D particle
+    # per engine firing that only render() clears, so its step slows as episodes lengthen
+    # (2-3x by 200k steps). ppo and env-only step the env with no render mode.
+    envs = make_vec_env(ENV_ID, n_envs=num_envs, seed=seed, env_kwargs={"render_mode": None})
     # MlpPolicy's defaults already are the seed's network: separate 64-64 tanh actor and
     # critic, orthogonal init. SB3's Adam eps is 1e-5 by default; set anyway, as ppo's.
     model = SB3PPO(
