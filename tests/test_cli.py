@@ -286,3 +286,18 @@ def test_eval_with_explicit_checkpoint(run_dir):
     first = run_dir / "checkpoints" / "update_000001.safetensors"
     result = _invoke("eval", run_dir, "--episodes", 1, "--checkpoint", first)
     assert result.exit_code == 0 and "update 1)" in result.stdout
+
+
+def test_broken_preset_file_is_one_line_error(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import ppo.cli
+
+    bad = tmp_path / "broken.toml"
+    bad.write_text('env_id = "CartPole-v1"\nenv_id = "again"\n')
+    monkeypatch.setattr(ppo.cli, "preset_names", lambda: ["broken"])
+    monkeypatch.setattr(ppo.cli, "load_preset", lambda name: ppo.cli.load_toml(bad))
+    result = CliRunner().invoke(ppo.cli.main, ["presets"])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert result.output.strip().startswith("error:") and "not valid TOML" in result.output

@@ -189,9 +189,12 @@ def eval_command(run_dir: Path, episodes: int, deterministic: bool, checkpoint: 
 @main.command()
 def presets() -> None:
     """List the shipped hyperparameter presets."""
-    for name in preset_names():
-        values = load_preset(name)
-        click.echo(f"{name:24s} {values.get('env_id', '')}")
+
+    def run() -> None:
+        for name in preset_names():
+            click.echo(f"{name:24s} {load_preset(name).get('env_id', '')}")
+
+    _run_guarded(run)
 
 
 @main.command()
