@@ -144,13 +144,13 @@ class NumpyLearner:
         clipfrac = float(np.mean(np.abs(ratio - 1.0) > cfg.clip_eps))
         loss_pi = -float(np.mean(np.minimum(surrogate, clipped)))
 
-        error = values - self.returns[index]
+        returns = self.returns[index]
+        error = values - returns
         if cfg.clip_value:
             old = self.old_values[index]
             delta = values - old
             inside = np.abs(delta) <= cfg.value_clip_eps
-            clipped_error = old + np.clip(delta, -cfg.value_clip_eps, cfg.value_clip_eps) \
-                - self.returns[index]
+            clipped_error = old + np.clip(delta, -cfg.value_clip_eps, cfg.value_clip_eps) - returns
             sq, clipped_sq = error * error, clipped_error * clipped_error
             loss_v = float(np.mean(np.maximum(sq, clipped_sq)))
             # d max(a, b): through the larger; the clipped branch passes gradient only inside.

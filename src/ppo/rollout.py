@@ -142,7 +142,7 @@ class Collector:
         rewards = np.empty((steps, n), np.float32)
         terminated = np.empty((steps, n), bool)
         episode_end = np.empty((steps, n), bool)
-        valid = np.empty((steps, n), bool)
+        valid = np.ones((steps, n), bool)
         final_t: list[int] = []
         final_n: list[np.ndarray] = []
         final_obs: list[np.ndarray] = []
@@ -163,12 +163,14 @@ class Collector:
             ended = term | trunc
             if not (np.isfinite(reward).all() and np.isfinite(raw_obs).all()):
                 _raise_non_finite(reward, raw_obs, global_step + t * n)
-            resetting = self.pending_reset.any()
-            step_valid = ~self.pending_reset
-            self.episodes.step(reward, step_valid if resetting else None, ended)
+            # Only a next-step reset makes a step invalid; the common case skips the mask.
+            step_valid = None
+            if self.next_step_reset and self.pending_reset.any():
+                step_valid = valid[t] = ~self.pending_reset
+            self.episodes.step(reward, step_valid, ended)
             if self.reward_scaler is not None:
-                reward = self.reward_scaler(reward, ended, step_valid if resetting else None)
-            rewards[t], terminated[t], episode_end[t], valid[t] = reward, term, ended, step_valid
+                reward = self.reward_scaler(reward, ended, step_valid)
+            rewards[t], terminated[t], episode_end[t] = reward, term, ended
             if not self.next_step_reset and ended.any():
                 idx = np.flatnonzero(ended)
                 successor = np.stack(info["final_obs"][idx])
