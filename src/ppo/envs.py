@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -14,6 +15,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from ppo.config import Config, ConfigError
+from ppo.episode_replay import ReplayableEpisodes
 
 EnvSource = str | gym.Env | Callable[[], gym.Env] | VectorEnv
 
@@ -23,6 +25,10 @@ NATIVE_MIN_ENVS = 8
 
 def _make_one(spec: EnvSpec) -> gym.Env:
     return gym.make(spec)
+
+
+def _make_replayable(make: Callable[[], gym.Env], index: int) -> gym.Env:
+    return ReplayableEpisodes(make(), index)
 
 
 def env_spec(env_id: str) -> EnvSpec:
@@ -84,15 +90,23 @@ class InProcessVectorEnv(VectorEnv):
             obs[i] = o
         return np.stack(obs), rewards, terminated, truncated, info
 
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        return tuple(getattr(env, name)(*args, **kwargs) for env in self.envs)
+
     def close_extras(self, **kwargs) -> None:
         for env in self.envs:
             env.close()
 
 
 def make_vector_env(cfg: Config, source: EnvSource | None = None) -> VectorEnv:
-    """A vector env of cfg.num_envs copies; a passed Env instance allows only num_envs=1."""
+    """A vector env of cfg.num_envs copies; a passed Env instance allows only num_envs=1.
+
+    Envs built here from single envs have replayable episodes (`replayable_episodes` is
+    True), so a resumed run restores them mid-episode; a passed or native vector env does not.
+    """
     if isinstance(source, VectorEnv):
         return source
+    mode = cfg.vector
     if isinstance(source, gym.Env):
         if cfg.num_envs != 1:
             raise ConfigError("an Env instance gives one env; pass a factory for num_envs > 1")
@@ -101,7 +115,6 @@ def make_vector_env(cfg: Config, source: EnvSource | None = None) -> VectorEnv:
         env_fns = [source] * cfg.num_envs
     else:
         spec = env_spec(cfg.env_id)
-        mode = cfg.vector
         if mode == "auto":
             native = spec.vector_entry_point is not None and cfg.num_envs >= NATIVE_MIN_ENVS
             mode = "native" if native else "sync"
@@ -110,12 +123,16 @@ def make_vector_env(cfg: Config, source: EnvSource | None = None) -> VectorEnv:
                 raise ConfigError(f"{cfg.env_id} has no native vectorized implementation")
             return gym.make_vec(spec, cfg.num_envs, vectorization_mode="vector_entry_point")
         env_fns = [partial(_make_one, spec)] * cfg.num_envs
-        if mode == "async":
-            return gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    env_fns = [partial(_make_replayable, fn, i) for i, fn in enumerate(env_fns)]
     try:
-        return InProcessVectorEnv(env_fns)
+        if mode == "async":
+            envs = gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
+        else:
+            envs = InProcessVectorEnv(env_fns)
     except Exception as e:  # an env's constructor can raise anything; report it as one line
         raise ConfigError(f"cannot make env {cfg.env_id!r}: {type(e).__name__}: {e}") from None
+    envs.replayable_episodes = True
+    return envs
 
 
 def obs_dim(space: spaces.Space) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
@@ -114,6 +115,46 @@ class Collector:
         self.obs = self._observe(raw, update=True)
         self.pending_reset[:] = False
         self.episodes.reset_partial()
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """What a resumed run needs to continue the episodes in progress exactly; empty when
+        the envs can't be replayed (see episode_replay.py)."""
+        if not getattr(self.envs, "replayable_episodes", False) or self.obs is None:
+            return {}, {}
+        snapshots = self.envs.call("snapshot")
+        if any(snap is None for snap in snapshots):
+            return {}, {}
+        arrays = {"obs": self.obs, "episode_returns": self.episodes.returns,
+                  "episode_lengths": self.episodes.lengths}
+        if self.reward_scaler is not None:
+            arrays["discounted_return"] = self.reward_scaler.discounted_return
+        for i, snap in enumerate(snapshots):
+            arrays[f"actions.{i}"] = snap["actions"]
+        meta = {"env_seeds": [snap["env_seed"] for snap in snapshots],
+                "episodes": [snap["episode"] for snap in snapshots]}
+        return arrays, meta
+
+    def restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
+        """Replay the episodes in progress from `state()`. False when that is impossible
+        (other envs, or an env that is not deterministic); then the caller resets instead."""
+        n = self.num_envs
+        if not (getattr(self.envs, "replayable_episodes", False) and meta
+                and len(meta["env_seeds"]) == n):
+            return False
+        snapshots = [{"env_seed": meta["env_seeds"][i], "episode": meta["episodes"][i],
+                      "actions": arrays[f"actions.{i}"]} for i in range(n)]
+        raw = np.stack(self.envs.call("restore", snapshots))
+        # The statistics already counted this observation before the checkpoint.
+        obs = self._observe(raw, update=False)
+        if not np.array_equal(obs, arrays["obs"]):
+            return False
+        self.obs = obs
+        self.pending_reset[:] = False
+        self.episodes.returns[:] = arrays["episode_returns"]
+        self.episodes.lengths[:] = arrays["episode_lengths"]
+        if self.reward_scaler is not None:
+            self.reward_scaler.discounted_return[:] = arrays["discounted_return"]
+        return True
 
     def take_timings(self) -> tuple[float, float]:
         """Seconds spent in env.step and in choosing actions since the last call."""

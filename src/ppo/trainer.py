@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import json
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -112,6 +113,7 @@ class PPO:
         self.nonfinite_streak = 0
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir else None
         self._envs_ready = False
+        self._resume_point: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
 
     # ------------------------------------------------------------------ the seed's loop
     def iteration(self) -> dict[str, Any]:
@@ -179,11 +181,19 @@ class PPO:
         }
 
     def _ensure_envs_reset(self) -> None:
-        """Reset the envs once, seeded by the update count so a resumed run starts fresh
-        episodes rather than replaying its first ones."""
-        if not self._envs_ready:
+        """Reset the envs once. A resumed run replays the episodes it was in the middle of,
+        and so continues exactly; where it can't, it starts fresh episodes seeded by the
+        update count (not replaying its very first ones)."""
+        if self._envs_ready:
+            return
+        resumed = self._resume_point is not None
+        if not (resumed and self.collector.restore(*self._resume_point)):
+            if resumed and self.verbose:
+                print("note: the envs could not be restored mid-episode (not replayable or not "
+                      "deterministic); resuming with fresh episodes", file=sys.stderr)
             self.collector.reset(seed=self.config.seed + self.update)
-            self._envs_ready = True
+        self._resume_point = None
+        self._envs_ready = True
 
     def _count_nonfinite(self, skipped: float) -> None:
         self.nonfinite_streak = self.nonfinite_streak + 1 if skipped else 0
@@ -312,6 +322,9 @@ class PPO:
         if scaler is not None:
             for k, v in scaler.stats.state().items():
                 tensors[f"reward_norm.{k}"] = torch.as_tensor(v)
+        in_progress, in_progress_meta = self.collector.state()
+        for k, v in in_progress.items():
+            tensors[f"collector.{k}"] = torch.as_tensor(v)
         meta = {
             "config": self.config.to_dict(),
             "update": self.update,
@@ -319,6 +332,8 @@ class PPO:
             "episodes": self.collector.episodes.episodes,
             "recent_episodes": list(self.collector.episodes.recent),
             "lr": self.optimizer.param_groups[0]["lr"],
+            "nonfinite_streak": self.nonfinite_streak,
+            "collector": in_progress_meta,
             "rng": {"action": self.action_rng.bit_generator.state,
                     "shuffle": self.shuffle_rng.bit_generator.state},
             "spaces": _describe_spaces(self.obs_space, self.action_space),
@@ -366,6 +381,11 @@ class PPO:
         episodes = self.collector.episodes
         episodes.episodes = meta["episodes"]
         episodes.recent.extend(tuple(e) for e in meta["recent_episodes"])
+        self.nonfinite_streak = meta.get("nonfinite_streak", 0)
+        in_progress = {k[len("collector."):]: v.numpy() for k, v in tensors.items()
+                       if k.startswith("collector.")}
+        self._resume_point = (in_progress, meta.get("collector", {}))
+        self._envs_ready = False
         self.policy.load(self.model)
 
     @classmethod
@@ -376,7 +396,10 @@ class PPO:
         if path.is_dir():
             path = latest_checkpoint(path)
         tensors, meta = load_checkpoint(path)
-        config = from_dict({**meta["config"], **overrides})
+        # A file's own idea of where its run lives is never trusted with writes: a loaded
+        # agent writes nowhere unless given a run_dir (resume passes the directory it read).
+        stored = {k: v for k, v in meta["config"].items() if k != "run_dir"}
+        config = from_dict({**stored, **overrides})
         agent = cls(config, env=env, verbose=verbose)
         agent.load_state(tensors, meta, path)
         return agent
