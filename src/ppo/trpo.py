@@ -42,6 +42,13 @@ def policy_distribution(model: ActorCritic, obs: Tensor) -> Distribution:
     return out, None if model.discrete else model.log_std.expand_as(out)
 
 
+def frozen(dist: Distribution) -> Distribution:
+    """A detached copy: pi_old must stay put while the parameters are stepped (the Gaussian's
+    log std is otherwise a view of the parameter itself)."""
+    out, log_std = dist
+    return out.detach().clone(), None if log_std is None else log_std.detach().clone()
+
+
 def mean_kl(old: Distribution, new: Distribution) -> Tensor:
     """Mean over states of KL(old || new), exact for a Categorical or a diagonal Gaussian."""
     (out_old, log_std_old), (out, log_std) = old, new
@@ -139,8 +146,7 @@ class TRPOLearner(TorchLearner):
         advantages = self.advantages
         if cfg.norm_adv == "minibatch":  # the whole batch is TRPO's one minibatch
             advantages = objective.normalize(advantages)
-        with torch.no_grad():
-            old = policy_distribution(self.model, self.obs)
+        old = frozen(policy_distribution(self.model, self.obs))
 
         surrogate, _, _ = self._surrogate(advantages)
         g = flat_grad(surrogate, params)
