@@ -254,7 +254,7 @@ class PPO:
             self._claim_run_dir()
         total_updates = self.update + max(0, -(-(end_step - self.global_step) // cfg.batch_size))
         logger = MetricsLogger(self.run_dir, self.verbose, cfg.tensorboard,
-                               total_updates, self.update + 1)
+                               total_updates, self.update + 1, cfg.algo == "ppo")
         try:
             with StopSignals() as signals:
                 while self.global_step < end_step and signals.received is None:
