@@ -1,12 +1,21 @@
 """Experiment bookkeeping: what counts as solved, which runs are left, what the table says."""
 
 import math
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from ppo.experiments import EXPERIMENTS, _command, _finished, report, summarize
+from ppo.experiments import (
+    EXPERIMENTS,
+    _command,
+    _finished,
+    report,
+    run_experiment,
+    summarize,
+)
 
 COLUMNS = ["update", "global_step", "episodic_return", "approx_kl", "clipfrac", "time_total"]
 
@@ -74,3 +83,68 @@ def test_report_tables_each_variant(tmp_path):
     assert "| eps=1.0 | 1 | -300.0 | 0/1 | - |" in text
     assert (tmp_path / "curves.png").stat().st_size > 0
     assert (tmp_path / "return_and_kl.png").stat().st_size > 0
+
+
+def test_task_experiments_run_every_variant_on_every_task(tmp_path, monkeypatch):
+    """ppo-vs-trpo: a run per task x variant x seed, each with the preset, its task and its
+    algo; then a table row per task and variant, and a figure per task."""
+    import ppo.experiments
+
+    commands = []
+
+    def fake_run(command, stdout, stderr):
+        commands.append(command)
+        run_dir = Path(command[command.index("--run-dir") + 1])
+        algo = command[command.index("--algo") + 1]
+        _write_run(run_dir, [None, 10.0, 20.0 if algo == "ppo" else 30.0])
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(ppo.experiments.subprocess, "run", fake_run)
+    path = run_experiment("ppo-vs-trpo", tmp_path, seeds=2, steps=3000, jobs=1)
+    exp = EXPERIMENTS["ppo-vs-trpo"]
+    assert len(commands) == len(exp.tasks) * 2 * 2
+    for command in commands:
+        assert command[5:9] == ["--preset", "mujoco", "--env", command[8]]
+        assert command[8] in exp.tasks and "--total-timesteps" in command
+    text = path.read_text()
+    assert "| Hopper-v5 | trpo | 2 | 3000 ± 0 | 30.0 ± 0.0 | 6 ± 0 | 500 ± 0 |" in text
+    assert "| Humanoid-v5 | ppo | 2 | 3000 ± 0 | 20.0 ± 0.0 |" in text
+    for task in exp.tasks:
+        assert (tmp_path / "ppo-vs-trpo" / f"curves_{task}.png").stat().st_size > 0
+    assert (tmp_path / "ppo-vs-trpo" / "Walker2d-v5" / "trpo" / "seed1").is_dir()
+
+
+def test_single_task_experiments_keep_their_layout(tmp_path, monkeypatch):
+    import ppo.experiments
+
+    commands = []
+
+    def fake_run(command, stdout, stderr):
+        commands.append(command)
+        _write_run(Path(command[command.index("--run-dir") + 1]), [None, 150.0, 210.0])
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(ppo.experiments.subprocess, "run", fake_run)
+    text = run_experiment("lunarlander", tmp_path, seeds=1, steps=3000, jobs=1).read_text()
+    assert commands[0][5:7] == ["--env", "LunarLander-v3"]
+    assert (tmp_path / "lunarlander" / "standard" / "seed0" / "metrics.csv").exists()
+    assert "| standard | 1 | 210.0 | 1/1 | 3000 |" in text
+
+
+def test_mujoco_preset_is_valid_for_both_algorithms():
+    from ppo.cli import load_preset
+    from ppo.config import from_dict
+
+    for algo in ("ppo", "trpo"):
+        cfg = from_dict({**load_preset("mujoco"), "algo": algo})
+        assert (cfg.rollout_steps, cfg.epochs, cfg.minibatch_size, cfg.lr) == (2048, 10, 64, 3e-4)
+        assert (cfg.gae_lambda, cfg.gamma, cfg.clip_eps, cfg.ent_coef) == (0.95, 0.99, 0.2, 0.0)
+        assert cfg.normalize_obs and cfg.normalize_reward and cfg.anneal_lr
+        assert not cfg.shared_trunk
+
+
+def test_every_experiment_is_a_cli_choice():
+    from ppo.cli import main
+
+    param = next(p for p in main.commands["experiment"].params if p.name == "name")
+    assert set(param.type.choices) == set(EXPERIMENTS)

@@ -143,6 +143,12 @@ def test_health_check_clip_fraction_band():
     assert health.check(_row(kl=0.1, clipfrac=0.5)) == []
 
 
+def test_health_check_without_a_clip_watches_kl_only():
+    health = HealthCheck(patience=1, clipfrac=False)  # TRPO: no clip to be idle or pinned
+    assert health.check(_row(clipfrac=0.0)) == []
+    assert ["approx KL" in w for w in health.check(_row(kl=0.1, clipfrac=0.9))] == [True]
+
+
 def test_console_output_is_plain_lines_with_single_warnings(capsys):
     logger = MetricsLogger(None, verbose=True, tensorboard=False, total_updates=6,
                            first_update=1)

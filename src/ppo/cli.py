@@ -221,13 +221,14 @@ def plot(targets: tuple[str, ...], eps: float, out: Path | None) -> None:
 
 @main.command()
 @click.argument("name", type=click.Choice(
-    ["lunarlander", "trunk", "eps-ablation", "eps-ablation-harsh", "pitfalls"]))
+    ["lunarlander", "trunk", "eps-ablation", "eps-ablation-harsh", "pitfalls", "mujoco",
+     "ppo-vs-trpo"]))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("experiments"),
               show_default=True, help="Folder for the runs, table and figures.")
 @click.option("--seeds", type=click.IntRange(min=1), help="Seeds per variant (default: the "
               "experiment's own).")
 @click.option("--steps", type=click.IntRange(min=1), help="Env steps per run (default: the "
-              "experiment's own, 1.5M).")
+              "experiment's own: 1.5M, 1M for the MuJoCo ones).")
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
               help="Runs at a time; one core each.")
 def experiment(name: str, out: Path, seeds: int | None, steps: int | None, jobs: int) -> None:

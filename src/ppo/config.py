@@ -71,6 +71,19 @@ class Config:
         "Advantage normalization: batch (the seed), minibatch (CleanRL, SB3) or off.",
         choices=("batch", "minibatch", "off"),
     )
+    algo: str = _f(
+        "ppo",
+        "Policy update: ppo (clipped surrogate, K epochs of minibatches) or trpo (one "
+        "natural-gradient step within a KL trust region; the critic is fitted with Adam over "
+        "the same epochs and minibatches). trpo needs --no-shared-trunk.",
+        choices=("ppo", "trpo"),
+    )
+    max_kl: float = _f(0.01, "TRPO: trust-region radius delta, the bound on mean KL(pi_old||pi).")
+    cg_iters: int = _f(10, "TRPO: conjugate-gradient iterations for the step direction.")
+    cg_damping: float = _f(0.1, "TRPO: damping added to the Fisher matrix (F + damping * I).")
+    line_search_steps: int = _f(
+        10, "TRPO: backtracking tries (step fractions 1, 1/2, 1/4, ...) before skipping the step."
+    )
 
     max_nonfinite_steps: int = _f(
         10, "Stop after this many minibatch steps in a row with a NaN/Inf loss or gradient "
@@ -113,17 +126,19 @@ class Config:
     def validate(self) -> Config:
         """Raise ConfigError naming the first bad value; return self for chaining."""
         positive_ints = ("total_timesteps", "num_envs", "threads", "rollout_steps",
-                         "minibatch_size", "epochs", "checkpoint_every", "max_nonfinite_steps")
+                         "minibatch_size", "epochs", "checkpoint_every", "max_nonfinite_steps",
+                         "cg_iters", "line_search_steps")
         for name in positive_ints:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "clip_eps", "value_clip_eps", "adam_eps", "obs_clip", "reward_clip"):
+        for name in ("lr", "clip_eps", "value_clip_eps", "adam_eps", "obs_clip", "reward_clip",
+                     "max_kl"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("gamma", "gae_lambda"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("vf_coef", "ent_coef", "max_grad_norm"):
+        for name in ("vf_coef", "ent_coef", "max_grad_norm", "cg_damping"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.target_kl is not None and not self.target_kl > 0:
@@ -145,7 +160,23 @@ class Config:
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
         if self.learner == "numpy" and self.device != "cpu":
             raise ConfigError("learner numpy runs on the CPU only; use learner torch with cuda")
+        if self.algo == "trpo":
+            self._validate_trpo()
         return self
+
+    def _validate_trpo(self) -> None:
+        # The natural-gradient step moves the actor alone: a shared trunk would move the
+        # critic's features outside Adam and the critic's moves outside the trust region.
+        if self.shared_trunk:
+            raise ConfigError("algo trpo needs separate actor and critic networks: "
+                              "set shared_trunk false (--no-shared-trunk)")
+        if self.learner == "numpy":
+            raise ConfigError("learner numpy is PPO's CPU fast path; algo trpo runs on torch "
+                              "(learner auto or torch)")
+        if self.target_kl is not None:
+            raise ConfigError("target_kl is PPO's early stop; algo trpo bounds the KL by max_kl")
+        if self.pitfall_recompute_advantages or self.pitfall_fresh_old_logprobs:
+            raise ConfigError("the pitfall switches apply to algo ppo only")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

@@ -16,16 +16,21 @@ import numpy as np
 from ppo.checkpoint import CHECKPOINT_NAME
 
 SOLVED = {"LunarLander-v3": 200.0, "CartPole-v1": 475.0, "Pendulum-v1": -300.0}
+MUJOCO = ["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "InvertedPendulum-v5", "Humanoid-v5"]
 
 
 @dataclass
 class Experiment:
+    """Variants x seeds of `ppo train`. `base` and each variant are its options (Config fields,
+    or "preset"); with `tasks`, every variant runs on each of these env ids."""
+
     description: str
     variants: dict[str, dict[str, Any]]
     seeds: int = 3
     steps: int = 1_500_000
     base: dict[str, Any] = field(default_factory=lambda: {"env_id": "LunarLander-v3"})
     twin_axes: bool = False
+    tasks: list[str] = field(default_factory=list)
 
 
 EXPERIMENTS = {
@@ -60,6 +65,15 @@ EXPERIMENTS = {
             "K=20 epochs": {"epochs": 20},
             "eps=0.5": {"clip_eps": 0.5},
         }),
+    "mujoco": Experiment(
+        "PPO on the MuJoCo set with the standard continuous-control settings (preset mujoco).",
+        {"ppo": {}}, steps=1_000_000, base={"preset": "mujoco"}, tasks=MUJOCO),
+    "ppo-vs-trpo": Experiment(
+        "PPO and TRPO (max KL 0.01, CG 10 iterations, damping 0.1) on the MuJoCo set: the "
+        "same networks, rollout, GAE and critic fit (preset mujoco); only the policy step "
+        "differs.",
+        {"ppo": {"algo": "ppo"}, "trpo": {"algo": "trpo"}},
+        steps=1_000_000, base={"preset": "mujoco"}, tasks=MUJOCO),
 }
 
 
@@ -107,11 +121,12 @@ def run_experiment(name: str, out: Path, seeds: int | None, steps: int | None,
     exp = EXPERIMENTS[name]
     seeds, steps = seeds or exp.seeds, steps or exp.steps
     root = out / name
-    runs = {label: [root / _slug(label) / f"seed{s}" for s in range(seeds)]
-            for label in exp.variants}
+    runs = {(task, label): [root / _slug(task) / _slug(label) / f"seed{s}" if exp.tasks
+                            else root / _slug(label) / f"seed{s}" for s in range(seeds)]
+            for task in exp.tasks or [exp.base["env_id"]] for label in exp.variants}
     todo = [
-        (run_dir, {**exp.base, **exp.variants[label]}, seed)
-        for label, dirs in runs.items() for seed, run_dir in enumerate(dirs)
+        (run_dir, {**exp.base, "env_id": task, **exp.variants[label]}, seed)
+        for (task, label), dirs in runs.items() for seed, run_dir in enumerate(dirs)
         if not _finished(run_dir, steps)
     ]
 
@@ -128,7 +143,9 @@ def run_experiment(name: str, out: Path, seeds: int | None, steps: int | None,
         for run_dir, code in pool.map(launch, todo):
             print(f"  {run_dir}: {'done' if code == 0 else f'failed ({code}), see its log'}",
                   flush=True)
-    return report(name, runs, exp, root)
+    if exp.tasks:
+        return report_tasks(name, runs, exp, root)
+    return report(name, {label: dirs for (_, label), dirs in runs.items()}, exp, root)
 
 
 def summarize(metrics: dict[str, np.ndarray], threshold: float | None) -> dict[str, float]:
@@ -146,6 +163,7 @@ def summarize(metrics: dict[str, np.ndarray], threshold: float | None) -> dict[s
         "steps_to_solve": math.nan if first is None else float(metrics["global_step"][first]),
         "time_to_solve": math.nan if first is None else float(wall[first]),
         "wall_clock": float(wall[-1]),
+        "steps": float(metrics["global_step"][-1]),
         "approx_kl": float(np.nanmean(metrics["approx_kl"])),
         "max_kl": float(np.nanmax(metrics["approx_kl"])),
         "clipfrac": float(np.nanmean(metrics["clipfrac"])),
@@ -205,6 +223,48 @@ def report(name: str, runs: dict[str, list[Path]], exp: Experiment, root: Path) 
         if exp.twin_axes:
             twin = figures.plot_return_and_kl(existing, root / "return_and_kl.png")
             lines += ["", f"![return and KL]({twin.name})"]
+    path = root / "results.md"
+    path.write_text("\n".join(lines + per_seed) + "\n")
+    return path
+
+
+def report_tasks(name: str, runs: dict[tuple[str, str], list[Path]], exp: Experiment,
+                 root: Path) -> Path:
+    """A row per task and variant (final return, wall-clock, KL) and a learning-curve figure
+    per task: returns of different tasks share no scale."""
+    from ppo import figures
+
+    lines = [f"# {name}", "", exp.description, "",
+             "Final return: mean over the last 100 episodes at the end of each run; mean ± std "
+             "over seeds. Wall-clock: seconds of training (env, update, logging), per run.", "",
+             "| task | variant | seeds | steps | final return | wall-clock (s) | steps/s | "
+             "mean approx KL | max approx KL |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    per_seed = ["", "## Per seed", "", "| task | variant | seed | steps | final return | "
+                "wall-clock (s) |", "|---|---|---|---|---|---|"]
+    for (task, label), dirs in runs.items():
+        done = [(d, s) for d in dirs if (s := summarize(_metrics(d), None))]
+        if not done:
+            continue
+        stats = [s for _, s in done]
+        lines.append(
+            f"| {task} | {label} | {len(stats)} | {_fmt([s['steps'] for s in stats], 0)} | "
+            f"{_fmt([s['final_return'] for s in stats])} | "
+            f"{_fmt([s['wall_clock'] for s in stats], 0)} | "
+            f"{_fmt([s['steps'] / s['wall_clock'] for s in stats], 0)} | "
+            f"{_fmt([s['approx_kl'] for s in stats], 4)} | "
+            f"{_fmt([s['max_kl'] for s in stats], 3)} |")
+        per_seed += [f"| {task} | {label} | {d.name[4:]} | {s['steps']:.0f} | "
+                     f"{s['final_return']:.1f} | {s['wall_clock']:.0f} |" for d, s in done]
+    for task in exp.tasks:
+        existing = {label: [d for d in dirs if (d / "metrics.csv").exists()]
+                    for (t, label), dirs in runs.items() if t == task}
+        all_dirs = [d for dirs in existing.values() for d in dirs]
+        if all_dirs:
+            labels = [label for label, dirs in existing.items() for _ in dirs]
+            curves = figures.plot_runs(all_dirs, root / f"curves_{_slug(task)}.png",
+                                       labels=labels, title=task)
+            lines += ["", f"![{task} learning curves]({curves.name})"]
     path = root / "results.md"
     path.write_text("\n".join(lines + per_seed) + "\n")
     return path

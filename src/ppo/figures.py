@@ -155,8 +155,8 @@ def group_runs(run_dirs: Sequence[Path], labels: Sequence[str] | None = None
     return grouped
 
 
-def plot_runs(run_dirs: Sequence[Path], out: Path, labels: Sequence[str] | None = None
-              ) -> Path:
+def plot_runs(run_dirs: Sequence[Path], out: Path, labels: Sequence[str] | None = None,
+              title: str = "Learning curves") -> Path:
     """Learning curves: return, approx KL and clip fraction against env steps, one colour
     per configuration, mean over its runs with a min-max band. The seed's healthy ranges
     (KL < 0.02, clip fraction 0.1-0.3) are shaded green."""
@@ -190,7 +190,7 @@ def plot_runs(run_dirs: Sequence[Path], out: Path, labels: Sequence[str] | None 
         ax.legend(handles=[span], fontsize=8, loc="best")
     for ax in (ax_ret, ax_kl, ax_clip):
         ax.grid(alpha=0.3)
-    fig.suptitle("Learning curves (mean over runs, band: min-max)")
+    fig.suptitle(f"{title} (mean over runs, band: min-max)")
     return _save(fig, out)
 
 

@@ -26,9 +26,11 @@ CLIPFRAC_BAND = (0.1, 0.3)
 class HealthCheck:
     """Warns once per stretch of trouble: a sign outside its range for `patience` updates."""
 
-    def __init__(self, patience: int = 3) -> None:
+    def __init__(self, patience: int = 3, clipfrac: bool = True) -> None:
         self.patience = patience
         self.streaks = {"kl": 0, "clipfrac": 0}
+        # TRPO has no clip: its clip fraction is for comparison, no sign of trouble.
+        self.clipfrac = clipfrac
 
     def check(self, row: dict[str, Any]) -> list[str]:
         signs = {
@@ -40,6 +42,8 @@ class HealthCheck:
                          f"(now {row['clipfrac']:.3f}): the ratchet is "
                          + ("idle" if row["clipfrac"] < CLIPFRAC_BAND[0] else "pinned")),
         }
+        if not self.clipfrac:
+            del signs["clipfrac"]
         warnings = []
         for name, (bad, message) in signs.items():
             self.streaks[name] = self.streaks[name] + 1 if bad else 0
@@ -63,8 +67,8 @@ class MetricsLogger:
     """One row per update. Files only when a run directory is given; console when verbose."""
 
     def __init__(self, run_dir: Path | None, verbose: bool, tensorboard: bool,
-                 total_updates: int, first_update: int) -> None:
-        self.verbose, self.health = verbose, HealthCheck()
+                 total_updates: int, first_update: int, check_clipfrac: bool = True) -> None:
+        self.verbose, self.health = verbose, HealthCheck(clipfrac=check_clipfrac)
         self.csv_file = self.writer = self.tb = None
         if run_dir is not None:
             path = Path(run_dir) / "metrics.csv"

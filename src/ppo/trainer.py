@@ -1,5 +1,6 @@
 """The PPO loop of the seed: rollout under pi_old, GAE once, K epochs of clipped minibatch
-updates, promote pi_old. `PPO.iteration` is that loop; the rest is bookkeeping around it."""
+updates, promote pi_old. `PPO.iteration` is that loop; the rest is bookkeeping around it.
+With algo trpo, step 3 is TRPO's update instead (trpo.py); everything else is shared."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from ppo.normalization import ObsNormalizer, RewardScaler
 from ppo.numpy_learner import NumpyLearner
 from ppo.policy import ActorCritic, InferencePolicy
 from ppo.rollout import Collector, Rollout
+from ppo.trpo import TRPOLearner, critic_parameters
 
 
 class NonFiniteError(RuntimeError):
@@ -93,10 +95,16 @@ class PPO:
         self.model = ActorCritic(
             dim, self.action_space, cfg.hidden_sizes, cfg.shared_trunk, cfg.init_log_std
         ).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
-        use_numpy = cfg.learner == "numpy" or (cfg.learner == "auto" and cfg.device == "cpu")
-        self.learner = (NumpyLearner if use_numpy else TorchLearner)(
-            self.model, self.optimizer, cfg)
+        if cfg.algo == "trpo":  # Adam fits the critic; the actor takes natural-gradient steps
+            self.optimizer = torch.optim.Adam(critic_parameters(self.model), lr=cfg.lr,
+                                              eps=cfg.adam_eps)
+            self.learner = TRPOLearner(self.model, self.optimizer, cfg)
+        else:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
+                                              eps=cfg.adam_eps)
+            use_numpy = cfg.learner == "numpy" or (cfg.learner == "auto" and cfg.device == "cpu")
+            self.learner = (NumpyLearner if use_numpy else TorchLearner)(
+                self.model, self.optimizer, cfg)
         self.obs_normalizer = ObsNormalizer(dim, cfg.obs_clip) if cfg.normalize_obs else None
         reward_scaler = (
             RewardScaler(cfg.num_envs, cfg.gamma, cfg.reward_clip) if cfg.normalize_reward else None
@@ -140,21 +148,26 @@ class PPO:
         tick = time.perf_counter()
         stats: list[np.ndarray] = []
         epochs_run = 0
-        stop = False
-        for epoch in range(cfg.epochs):
-            epochs_run += 1
-            if cfg.pitfall_recompute_advantages and epoch > 0:
-                self._advantages(rollout, keep, self.learner.evaluate(obs, actions)[1])
-            order = self.shuffle_rng.permutation(batch_size)
-            for first in range(0, batch_size, cfg.minibatch_size):
-                stats.append(self.learner.step(order[first : first + cfg.minibatch_size],
-                                               kl_limit=cfg.target_kl))
-                self._count_nonfinite(stats[-1][5])
-                stop = cfg.target_kl is not None and stats[-1][0] > cfg.target_kl
+        if cfg.algo == "trpo":  # one trust-region policy step, then K epochs of the critic
+            stats.append(self.learner.update(self.shuffle_rng))
+            self._count_nonfinite(stats[-1][5])
+            epochs_run = cfg.epochs
+        else:
+            stop = False
+            for epoch in range(cfg.epochs):
+                epochs_run += 1
+                if cfg.pitfall_recompute_advantages and epoch > 0:
+                    self._advantages(rollout, keep, self.learner.evaluate(obs, actions)[1])
+                order = self.shuffle_rng.permutation(batch_size)
+                for first in range(0, batch_size, cfg.minibatch_size):
+                    stats.append(self.learner.step(order[first : first + cfg.minibatch_size],
+                                                   kl_limit=cfg.target_kl))
+                    self._count_nonfinite(stats[-1][5])
+                    stop = cfg.target_kl is not None and stats[-1][0] > cfg.target_kl
+                    if stop:
+                        break
                 if stop:
                     break
-            if stop:
-                break
 
         # 4. promote the current policy to "old"
         self.policy.load(self.model)
@@ -251,7 +264,7 @@ class PPO:
             self._claim_run_dir()
         total_updates = self.update + max(0, -(-(end_step - self.global_step) // cfg.batch_size))
         logger = MetricsLogger(self.run_dir, self.verbose, cfg.tensorboard,
-                               total_updates, self.update + 1)
+                               total_updates, self.update + 1, cfg.algo == "ppo")
         try:
             with StopSignals() as signals:
                 while self.global_step < end_step and signals.received is None:
