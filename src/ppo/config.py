@@ -170,9 +170,6 @@ class Config:
         if self.shared_trunk:
             raise ConfigError("algo trpo needs separate actor and critic networks: "
                               "set shared_trunk false (--no-shared-trunk)")
-        if self.learner == "numpy":
-            raise ConfigError("learner numpy is PPO's CPU fast path; algo trpo runs on torch "
-                              "(learner auto or torch)")
         if self.target_kl is not None:
             raise ConfigError("target_kl is PPO's early stop; algo trpo bounds the KL by max_kl")
         if self.pitfall_recompute_advantages or self.pitfall_fresh_old_logprobs:

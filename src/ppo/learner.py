@@ -21,6 +21,9 @@ class TorchLearner:
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
         self.device = next(model.parameters()).device
 
+    def bind(self) -> None:
+        """Nothing to redo after a checkpoint load: torch holds the parameters itself."""
+
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(array, device=self.device)
 

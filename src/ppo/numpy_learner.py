@@ -56,7 +56,11 @@ class NumpyLearner:
             p.data = torch.from_numpy(self.theta[lo:hi]).view(p.shape)
             views[id(p)] = (self.theta[lo:hi].reshape(p.shape), self.grad[lo:hi].reshape(p.shape))
         self.step_count = torch.tensor(float(step))
+        # Adam's moments of parameters it doesn't hold (TRPO's actor) stay zero: no step.
+        held = {id(p) for group in self.optimizer.param_groups for p in group["params"]}
         for p, lo, hi in zip(params, offsets[:-1], offsets[1:], strict=True):
+            if id(p) not in held:
+                continue
             self.optimizer.state[p] = {
                 "step": self.step_count,
                 "exp_avg": torch.from_numpy(self.m[lo:hi]).view(p.shape),
@@ -144,20 +148,7 @@ class NumpyLearner:
         clipfrac = float(np.mean(np.abs(ratio - 1.0) > cfg.clip_eps))
         loss_pi = -float(np.mean(np.minimum(surrogate, clipped)))
 
-        returns = self.returns[index]
-        error = values - returns
-        if cfg.clip_value:
-            old = self.old_values[index]
-            delta = values - old
-            inside = np.abs(delta) <= cfg.value_clip_eps
-            clipped_error = old + np.clip(delta, -cfg.value_clip_eps, cfg.value_clip_eps) - returns
-            sq, clipped_sq = error * error, clipped_error * clipped_error
-            loss_v = float(np.mean(np.maximum(sq, clipped_sq)))
-            # d max(a, b): through the larger; the clipped branch passes gradient only inside.
-            d_values = np.where(sq >= clipped_sq, error, clipped_error * inside)
-        else:
-            loss_v = float(np.mean(error * error))
-            d_values = error
+        loss_v, d_values = self._value_loss(values, index)
         mean_entropy = float(entropy.mean())
         stats = np.array([approx_kl, clipfrac, loss_pi, loss_v, mean_entropy, 0.0])
         if kl_limit is not None and approx_kl > kl_limit:
@@ -188,6 +179,34 @@ class NumpyLearner:
         if not self._clip_and_adam():
             stats[5] = 1.0
         return stats
+
+    def _value_loss(self, values: np.ndarray, index: np.ndarray) -> tuple[float, np.ndarray]:
+        """The (clipped) value loss, and its gradient in the values up to a factor 2/n."""
+        cfg = self.cfg
+        returns = self.returns[index]
+        error = values - returns
+        if not cfg.clip_value:
+            return float(np.mean(error * error)), error
+        old = self.old_values[index]
+        delta = values - old
+        inside = np.abs(delta) <= cfg.value_clip_eps
+        clipped_error = old + np.clip(delta, -cfg.value_clip_eps, cfg.value_clip_eps) - returns
+        sq, clipped_sq = error * error, clipped_error * clipped_error
+        # d max(a, b): through the larger; the clipped branch passes gradient only inside.
+        return (float(np.mean(np.maximum(sq, clipped_sq))),
+                np.where(sq >= clipped_sq, error, clipped_error * inside))
+
+    def value_step(self, index: np.ndarray) -> tuple[float, bool]:
+        """One Adam step on the value loss alone (TRPO's critic fit; separate networks).
+        Returns the loss and whether the step was applied (False: non-finite gradient)."""
+        critic = self._trunk(self.critic, self.obs[index])
+        (wv, _), (bv, _) = self.value_head
+        loss_v, d_values = self._value_loss((critic[-1] @ wv.T + bv)[:, 0], index)
+        self.grad.fill(0.0)
+        d_top = self._backward_head(self.value_head, critic[-1],
+                                    (2.0 / len(index)) * d_values[:, None])
+        self._backward_trunk(self.critic, critic, d_top)
+        return loss_v, self._clip_and_adam()
 
     @staticmethod
     def _backward_head(head, hidden: np.ndarray, d_out: np.ndarray) -> np.ndarray:

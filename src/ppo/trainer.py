@@ -381,8 +381,7 @@ class PPO:
         for group in opt["param_groups"]:
             group["lr"] = meta["lr"]
         self.optimizer.load_state_dict(opt)
-        if isinstance(self.learner, NumpyLearner):
-            self.learner.bind()
+        self.learner.bind()
         torch.set_rng_state(tensors["rng.torch"])
         if self.obs_normalizer is not None:
             self.obs_normalizer.stats.load(_prefixed(tensors, "obs_norm.", source))

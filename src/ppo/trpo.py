@@ -14,11 +14,12 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 
 from ppo import objective
 from ppo.config import Config
 from ppo.learner import TorchLearner
+from ppo.numpy_learner import NumpyLearner
 from ppo.policy import ActorCritic
 
 Distribution = tuple[Tensor, Tensor | None]  # logits, or Gaussian mean and log std
@@ -34,6 +35,16 @@ def critic_parameters(model: ActorCritic) -> list[nn.Parameter]:
     """The value function's parameters (separate networks only), fitted by Adam."""
     return [*model.critic.parameters(), *model.value_head.parameters()]
 
+
+
+@torch.no_grad()
+def assign(params: list[Tensor], x: Tensor) -> None:
+    """Write the flat vector x into the parameters in place, keeping any memory they share
+    (the NumPy critic fit's flat buffers)."""
+    offset = 0
+    for p in params:
+        p.copy_(x[offset : offset + p.numel()].view_as(p))
+        offset += p.numel()
 
 
 def policy_distribution(model: ActorCritic, obs: Tensor) -> Distribution:
@@ -126,6 +137,25 @@ class TRPOLearner(TorchLearner):
         super().__init__(model, optimizer, cfg)
         self.actor_params = actor_parameters(model)
         self.critic_params = critic_parameters(model)
+        # On the CPU the critic's many small Adam steps take PPO's NumPy fast path, so that
+        # wall-clock compares the algorithms rather than torch's per-call overhead.
+        use_numpy = cfg.learner == "numpy" or (cfg.learner == "auto" and
+                                               self.device.type == "cpu")
+        self.numpy_critic = NumpyLearner(model, optimizer, cfg) if use_numpy else None
+
+    def bind(self) -> None:
+        if self.numpy_critic is not None:
+            self.numpy_critic.bind()
+
+    def load_batch(self, obs, actions, logp_old, values) -> None:
+        super().load_batch(obs, actions, logp_old, values)
+        if self.numpy_critic is not None:
+            self.numpy_critic.load_batch(obs, actions, logp_old, values)
+
+    def set_advantages(self, advantages: np.ndarray, returns: np.ndarray) -> None:
+        super().set_advantages(advantages, returns)
+        if self.numpy_critic is not None:
+            self.numpy_critic.set_advantages(advantages, returns)
 
     def update(self, rng: np.random.Generator) -> np.ndarray:
         """One iteration's learning. Returns the trainer's stats layout: (mean KL of the
@@ -161,13 +191,13 @@ class TRPOLearner(TorchLearner):
         if torch.isfinite(fullstep).all():
             @torch.no_grad()
             def evaluate(x: Tensor) -> tuple[float, float]:
-                vector_to_parameters(x, params)
+                assign(params, x)
                 value = self._surrogate(advantages)[0].item()
                 return value, mean_kl(old, policy_distribution(self.model, self.obs)).item()
 
             x, _ = line_search(evaluate, parameters_to_vector(params).detach(), fullstep,
                                cfg.max_kl, cfg.line_search_steps)
-            vector_to_parameters(x, params)
+            assign(params, x)
         else:
             skipped = 1
 
@@ -181,23 +211,31 @@ class TRPOLearner(TorchLearner):
         """`epochs` passes of freshly shuffled minibatches of the value loss, with Adam;
         returns the mean loss and the number of steps skipped as non-finite."""
         cfg, n = self.cfg, len(self.returns)
-        clip = cfg.value_clip_eps if cfg.clip_value else None
+        value_step = self._value_step if self.numpy_critic is None else (
+            self.numpy_critic.value_step)
         losses, skipped = [], 0
         for _ in range(cfg.epochs):
             order = rng.permutation(n)
             for first in range(0, n, cfg.minibatch_size):
-                mb = self._tensor(order[first : first + cfg.minibatch_size])
-                loss = objective.value_loss(self.model.value(self.obs[mb]), self.old_values[mb],
-                                            self.returns[mb], clip)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = torch.nn.utils.get_total_norm([p.grad for p in self.critic_params])
-                if not torch.isfinite(norm):
+                loss, applied = value_step(order[first : first + cfg.minibatch_size])
+                if applied:
+                    losses.append(loss)
+                else:
                     skipped += 1
-                    continue
-                if cfg.max_grad_norm > 0:
-                    torch.nn.utils.clip_grads_with_norm_(self.critic_params, cfg.max_grad_norm,
-                                                         norm)
-                self.optimizer.step()
-                losses.append(loss.detach())
-        return (torch.stack(losses).mean().item() if losses else math.nan), skipped
+        return (float(np.mean(losses)) if losses else math.nan), skipped
+
+    def _value_step(self, index: np.ndarray) -> tuple[float, bool]:
+        """One Adam step on the value loss, in torch: (loss, applied)."""
+        cfg, mb = self.cfg, self._tensor(index)
+        loss = objective.value_loss(self.model.value(self.obs[mb]), self.old_values[mb],
+                                    self.returns[mb],
+                                    cfg.value_clip_eps if cfg.clip_value else None)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self.critic_params])
+        if not torch.isfinite(norm):
+            return loss.item(), False
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(self.critic_params, cfg.max_grad_norm, norm)
+        self.optimizer.step()
+        return loss.item(), True
