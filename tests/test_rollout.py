@@ -20,7 +20,7 @@ from helpers_envs import (
 )
 from ppo.config import Config, ConfigError
 from ppo.normalization import RunningMeanStd
-from ppo.rollout import EnvValueError
+from ppo.rollout import EnvValueError, EpisodeStats
 from ppo.trainer import PPO
 
 L = 3  # episode length of the counter envs
@@ -313,3 +313,32 @@ def test_reward_scaler_ignores_reset_steps():
     assert scaler.stats.count == pytest.approx(count + 1)
     scaler(np.array([0.0, 0.0]), np.array([False, False]), valid=np.array([False, False]))
     assert scaler.stats.count == pytest.approx(count + 1)
+
+
+def _episodes_step_by_step(rewards, valid, ended):
+    """The plain formula: accumulate every step, close episodes as they end."""
+    returns, lengths, finished = np.zeros(rewards.shape[1]), np.zeros(rewards.shape[1], int), []
+    for t in range(len(rewards)):
+        returns += np.where(valid[t], rewards[t], 0.0)
+        lengths += valid[t]
+        for i in np.flatnonzero(ended[t]):
+            finished.append((returns[i], lengths[i]))
+            returns[i], lengths[i] = 0.0, 0
+    return returns, lengths, finished
+
+
+def test_episode_statistics_per_rollout_match_the_step_by_step_formula():
+    rng = np.random.default_rng(0)
+    rewards = rng.normal(size=(150, 4))
+    valid = rng.random((150, 4)) > 0.1
+    ended = rng.random((150, 4)) < 0.08
+    stats = EpisodeStats(num_envs=4, window=1000)
+    for chunk in np.split(np.arange(150), 3):  # episodes carried across rollouts
+        stats.record(rewards[chunk], valid[chunk], ended[chunk])
+    returns, lengths, finished = _episodes_step_by_step(rewards, valid, ended)
+    assert stats.episodes == len(finished) > 20
+    np.testing.assert_allclose([r for r, _ in stats.recent], [r for r, _ in finished],
+                               rtol=1e-12, atol=1e-12)
+    assert [n for _, n in stats.recent] == [n for _, n in finished]
+    np.testing.assert_allclose(stats.returns, returns, atol=1e-12)
+    np.testing.assert_array_equal(stats.lengths, lengths)

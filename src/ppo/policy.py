@@ -112,17 +112,32 @@ class InferencePolicy:
         """Logits or Gaussian means for a (N, obs_dim) float32 batch."""
         hidden = obs
         for weight, bias in self.layers[:-1]:
-            hidden = np.tanh(hidden @ weight + bias)
+            hidden = hidden @ weight
+            hidden += bias  # in place: at batch 1 allocations cost as much as the arithmetic
+            np.tanh(hidden, out=hidden)
         weight, bias = self.layers[-1]
-        return hidden @ weight + bias
+        out = hidden @ weight
+        out += bias
+        return out
 
-    def act(self, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False):
+    def noise(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """The randomness of `sample` for a batch of `shape`, drawn in one call: a rollout
+        draws all of its noise up front (one Generator call per step costs ~1.5 us)."""
+        width = self.layers[-1][0].shape[1]
+        if self.discrete:
+            return rng.gumbel(size=(*shape, width))
+        return rng.standard_normal((*shape, width))
+
+    def sample(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
+        """Actions for a (N, obs_dim) batch, given its (N, width) slice of `noise`."""
         out = self.policy_output(obs)
         if self.discrete:
-            if deterministic:
-                return out.argmax(-1)
             # Gumbel-max: argmax(logits + Gumbel noise) is an exact sample of softmax(logits).
-            return (out + rng.gumbel(size=out.shape)).argmax(-1)
+            return (out + noise).argmax(-1)
+        return (out + self.std * noise).astype(np.float32)
+
+    def act(self, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False):
         if deterministic:
-            return out
-        return (out + self.std * rng.standard_normal(out.shape)).astype(np.float32)
+            out = self.policy_output(obs)
+            return out.argmax(-1) if self.discrete else out
+        return self.sample(obs, self.noise(rng, (len(obs),)))
