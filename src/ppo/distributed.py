@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import re
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -98,6 +99,12 @@ class Moments:
         stats.mean, stats.var, stats.count = self.mean, self.m2 / self.count, self.count
 
 
+def _first_sentence(error: Exception) -> str:
+    """The gist of a torch.distributed error: no source location, no advice."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(error).split()))
+    return text.split(". ")[0].rstrip(".") or type(error).__name__
+
+
 def _interleave(lists: list[list]) -> list:
     """Merge lists aligned at their ends, round-robin: a window over the result's tail takes
     the most recent items of every list alike."""
@@ -120,11 +127,11 @@ class Replicas:
         try:
             collective(*args, **kwargs)
         except RuntimeError as e:  # DistBackendError and gloo's errors alike
-            reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
             raise DistributedError(
                 f"rank {self.rank} of {self.world_size} lost contact with the other ranks "
-                f"({reason[:200]}): a rank died or stopped answering for {self.timeout:g} s; "
-                "the last checkpoint is intact, resume with --resume") from None
+                f"({_first_sentence(e)}): another rank died, or did not answer within "
+                f"--dist-timeout {self.timeout:g} s; the last checkpoint is intact, resume "
+                "with --resume") from None
 
     def _all_reduce(self, array: np.ndarray, op=dist.ReduceOp.SUM) -> np.ndarray:
         """Reduce a NumPy array over ranks, in place, and return it."""
@@ -240,6 +247,6 @@ def join_from_env(device: str, timeout: float) -> Replicas | None:
         try:
             dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
         except (RuntimeError, ValueError) as e:
-            raise DistributedError(f"rank {rank} could not join the other ranks: "
-                                   f"{str(e).strip().splitlines()[-1]}") from None
+            raise DistributedError(
+                f"rank {rank} could not join the other ranks: {_first_sentence(e)}") from None
     return Replicas(rank, local_rank, world_size, where, timeout)
