@@ -38,13 +38,8 @@ def _run_guarded(fn: Callable[[], Any]) -> Any:
 
     try:
         return fn()
-    except DistributedError as e:
-        # Torch's teardown of a group that lost a rank can abort (SIGABRT) at interpreter
-        # exit; files are closed by now, so report and leave at once.
-        click.echo(f"error: {e}", err=True)
-        sys.stdout.flush()
-        os._exit(UserError.exit_code)
-    except (ConfigError, CheckpointError, EnvValueError, EnvWorkerError, NonFiniteError) as e:
+    except (ConfigError, CheckpointError, EnvValueError, EnvWorkerError, NonFiniteError,
+            DistributedError) as e:
         raise UserError(str(e)) from None
     except OSError as e:
         raise UserError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None

@@ -17,6 +17,7 @@ A plain process (no WORLD_SIZE, or 1) never touches this module's collectives.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import re
 from collections import deque
@@ -126,27 +127,24 @@ class Replicas:
     def _collective(self, collective, *args, **kwargs) -> None:
         try:
             collective(*args, **kwargs)
+            return
         except RuntimeError as e:  # DistBackendError and gloo's errors alike
-            raise DistributedError(
-                f"rank {self.rank} of {self.world_size} lost contact with the other ranks "
-                f"({_first_sentence(e)}): another rank died, or did not answer within "
-                f"--dist-timeout {self.timeout:g} s; the last checkpoint is intact, resume "
-                "with --resume") from None
+            reason = _first_sentence(e)
+        raise DistributedError(
+            f"rank {self.rank} of {self.world_size} lost contact with the other ranks "
+            f"({reason}): another rank died, or did not answer within --dist-timeout "
+            f"{self.timeout:g} s; the last checkpoint is intact, resume with --resume")
 
     def _all_reduce(self, array: np.ndarray, op=dist.ReduceOp.SUM) -> np.ndarray:
         """Reduce a NumPy array over ranks, in place, and return it."""
-        tensor = torch.from_numpy(array)  # shares the array's memory
-        if self.device.type == "cpu":
-            self._collective(dist.all_reduce, tensor, op=op)
-        else:
-            on_device = tensor.to(self.device)
-            self._collective(dist.all_reduce, on_device, op=op)
-            tensor.copy_(on_device.cpu())
+        tensor = torch.tensor(array, device=self.device)
+        self._collective(dist.all_reduce, tensor, op=op)
+        array[...] = tensor.cpu().numpy()
         return array
 
     def _all_gather(self, array: np.ndarray) -> np.ndarray:
         """Every rank's array, stacked in rank order: shape (world_size, *array.shape)."""
-        tensor = torch.from_numpy(array).to(self.device)
+        tensor = torch.tensor(array, device=self.device)
         parts = [torch.empty_like(tensor) for _ in range(self.world_size)]
         self._collective(dist.all_gather, parts, tensor)
         return torch.stack(parts).cpu().numpy()
@@ -222,7 +220,10 @@ class Replicas:
         return {**row, **{k: float(v) / self.world_size for k, v in zip(keys, means, strict=True)}}
 
     def close(self) -> None:
+        """Free the group while the interpreter is fully alive: gloo's threads that outlive it
+        abort the process at exit."""
         if dist.is_initialized():
+            gc.collect()  # a failed collective's traceback can keep the group alive
             dist.destroy_process_group()
 
 
