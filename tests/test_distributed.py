@@ -272,7 +272,7 @@ def test_nproc_under_torchrun_is_an_error():
 def test_a_lost_rank_stops_the_others_with_an_error(tmp_path, sig):
     port, env = _free_port(), {**os.environ, "PYTHONPATH": SRC}
     args = [sys.executable, "-m", "ppo", "train", *SMALL_CLI, "--total-timesteps", 10**8,
-            "--dist-timeout", 10, "--run-dir", tmp_path / "run"]
+            "--dist-timeout", 5, "--run-dir", tmp_path / "run"]
     ranks = [subprocess.Popen(list(map(str, args)), env={**env, **_rank_env(r, 2, port)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for r in (0, 1)]
