@@ -198,7 +198,8 @@ def train(config_file: Path | None, preset: str | None, resume_dir: Path | None,
         try:
             agent.learn()
         except Interrupted as e:
-            click.echo(f"{e}; checkpoint written, resume with --resume", err=True)
+            if agent.rank == 0:
+                click.echo(f"{e}; checkpoint written, resume with --resume", err=True)
             sys.exit(128 + e.signum)
         finally:
             agent.close()

@@ -16,6 +16,7 @@ A plain process (no WORLD_SIZE, or 1) never touches this module's collectives.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import gc
 import os
@@ -117,11 +118,10 @@ def _interleave(lists: list[list]) -> list:
 class Replicas:
     """This process's view of the group of ranks: who it is, and the collectives PPO needs."""
 
-    def __init__(self, rank: int, local_rank: int, world_size: int, device: torch.device,
-                 timeout: float) -> None:
-        self.rank, self.local_rank, self.world_size = rank, local_rank, world_size
+    def __init__(self, rank: int, world_size: int, device: torch.device, timeout: float) -> None:
+        self.rank, self.world_size, self.timeout = rank, world_size, timeout
         # Where collectives run: the CPU under gloo, the rank's own GPU under nccl.
-        self.device, self.timeout = device, timeout
+        self.device = device
 
     # ------------------------------------------------------------------ collectives
     def _collective(self, collective, *args, **kwargs) -> None:
@@ -189,6 +189,8 @@ class Replicas:
         stats_before = [Moments.of_stats(s) for s in stats]
         recent_before, count_before = list(episodes.recent), episodes.episodes
         yield
+        # What this rank added, in one vector for one all-gather: the moments of its new
+        # samples, and its newly finished episodes (a window's worth at most).
         window = episodes.recent.maxlen
         finished = episodes.episodes - count_before
         mine = np.zeros((window, 2))
@@ -200,6 +202,7 @@ class Replicas:
                                 + [[finished], mine.ravel()])
         everyone = self._all_gather(packed)
 
+        # Every rank adds every rank's part, in rank order: the same numbers everywhere.
         start = 0
         for s, before in zip(stats, stats_before, strict=True):
             size = 1 + 2 * before.mean.size
@@ -223,7 +226,7 @@ class Replicas:
         """Free the group while the interpreter is fully alive: gloo's threads that outlive it
         abort the process at exit."""
         if dist.is_initialized():
-            gc.collect()  # a failed collective's traceback can keep the group alive
+            gc.collect()  # reference cycles (a failed collective's traceback) hold it
             dist.destroy_process_group()
 
 
@@ -235,6 +238,8 @@ def join_from_env(device: str, timeout: float) -> Replicas | None:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return None
+    if "RANK" not in os.environ:
+        raise DistributedError("WORLD_SIZE is set but RANK is not: start the ranks with torchrun")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.startswith("cuda"):
         if device != "cuda":
@@ -250,4 +255,6 @@ def join_from_env(device: str, timeout: float) -> Replicas | None:
         except (RuntimeError, ValueError) as e:
             raise DistributedError(
                 f"rank {rank} could not join the other ranks: {_first_sentence(e)}") from None
-    return Replicas(rank, local_rank, world_size, where, timeout)
+    replicas = Replicas(rank, world_size, where, timeout)
+    atexit.register(replicas.close)  # PPO.close() frees the group; this, if it was not called
+    return replicas
