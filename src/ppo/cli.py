@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import re
+import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from importlib import resources
@@ -16,7 +19,8 @@ import click
 from ppo.config import Config, ConfigError, from_dict, load_toml
 
 # Settings that may change when a run is resumed; the rest define the run.
-RESUMABLE = {"total_timesteps", "device", "threads", "checkpoint_every", "tensorboard"}
+RESUMABLE = {"total_timesteps", "device", "threads", "checkpoint_every", "tensorboard",
+             "dist_timeout"}
 OPTION_NAMES = {"env_id": "--env"}
 
 
@@ -28,12 +32,14 @@ class UserError(click.ClickException):
 
 def _run_guarded(fn: Callable[[], Any]) -> Any:
     from ppo.checkpoint import CheckpointError
+    from ppo.distributed import DistributedError
     from ppo.rollout import EnvValueError, EnvWorkerError
     from ppo.trainer import NonFiniteError
 
     try:
         return fn()
-    except (ConfigError, CheckpointError, EnvValueError, EnvWorkerError, NonFiniteError) as e:
+    except (ConfigError, CheckpointError, EnvValueError, EnvWorkerError, NonFiniteError,
+            DistributedError) as e:
         raise UserError(str(e)) from None
     except OSError as e:
         raise UserError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
@@ -82,6 +88,39 @@ def load_preset(name: str) -> dict[str, Any]:
     return load_toml(Path(str(resources.files("ppo.presets") / f"{name}.toml")))
 
 
+def _worker_args(ctx: click.Context) -> list[str]:
+    """This `ppo train` command line less --nproc: what each torchrun worker runs."""
+    args = []
+    for param in ctx.command.params:
+        value = ctx.params[param.name]
+        if value is None or param.name == "nproc":
+            continue
+        if param.is_flag:  # --quiet, or one side of --x/--no-x
+            if value or param.secondary_opts:
+                args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return args
+
+
+def _launch_torchrun(nproc: int, args: list[str]) -> int:
+    """`torchrun --standalone --nproc-per-node N -m ppo train ARGS`; returns its exit status."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc-per-node={nproc}", "-m", "ppo", "train", *args]
+    # One thread per rank, as torchrun would set, without its warning about it.
+    process = subprocess.Popen(command, env={"OMP_NUM_THREADS": "1", **os.environ})
+    # Ctrl-C reaches torchrun and the workers directly; SIGTERM is passed on. Either way the
+    # workers finish their update and checkpoint; wait for them.
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                signal.SIGTERM: signal.signal(signal.SIGTERM,
+                                              lambda signum, _: process.send_signal(signum))}
+    try:
+        return process.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
 def default_run_dir(cfg: Config) -> str:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     env = re.sub(r"[^A-Za-z0-9._-]+", "_", cfg.env_id)
@@ -115,11 +154,20 @@ def main() -> None:
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
               help="Continue the run in this directory from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No per-update lines.")
+@click.option("--nproc", type=click.IntRange(min=1),
+              help="Train with N processes on this machine, each with its own envs: "
+              "runs `torchrun --standalone --nproc-per-node N -m ppo train ...`.")
 @_config_options
 def train(config_file: Path | None, preset: str | None, resume_dir: Path | None, quiet: bool,
-          **flags: Any) -> None:
+          nproc: int | None, **flags: Any) -> None:
     """Train an agent. Plain `ppo train` trains LunarLander-v3 with the seed's settings."""
     from ppo.trainer import PPO, Interrupted
+
+    if nproc is not None and "WORLD_SIZE" in os.environ:
+        raise UserError("--nproc launches torchrun, and this process already runs under "
+                        "torchrun (WORLD_SIZE is set); give the process count to torchrun only")
+    if nproc is not None and nproc > 1:
+        sys.exit(_launch_torchrun(nproc, _worker_args(click.get_current_context())))
 
     def run() -> None:
         given = _parse_flags(flags)
@@ -130,8 +178,9 @@ def train(config_file: Path | None, preset: str | None, resume_dir: Path | None,
                     "a resumed run keeps its config; only "
                     f"{', '.join(sorted(RESUMABLE))} may be given with --resume")
             agent = PPO.resume(resume_dir, verbose=not quiet, **given)
-            click.echo(f"resuming {resume_dir} at update {agent.update}, "
-                       f"step {agent.global_step}", err=True)
+            if agent.rank == 0:
+                click.echo(f"resuming {resume_dir} at update {agent.update}, "
+                           f"step {agent.global_step}", err=True)
         else:
             values = load_preset(preset) if preset else {}
             if config_file is not None:
@@ -144,11 +193,13 @@ def train(config_file: Path | None, preset: str | None, resume_dir: Path | None,
                 raise ConfigError(
                     f"{cfg.run_dir} already holds a run; use --resume or another --run-dir")
             agent = PPO(cfg, verbose=not quiet)
-            click.echo(f"run directory: {cfg.run_dir}", err=True)
+            if agent.rank == 0:
+                click.echo(f"run directory: {cfg.run_dir}", err=True)
         try:
             agent.learn()
         except Interrupted as e:
-            click.echo(f"{e}; checkpoint written, resume with --resume", err=True)
+            if agent.rank == 0:
+                click.echo(f"{e}; checkpoint written, resume with --resume", err=True)
             sys.exit(128 + e.signum)
         finally:
             agent.close()

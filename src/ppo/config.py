@@ -114,6 +114,10 @@ class Config:
     run_dir: str | None = _f(None, "Run directory (default runs/<env>__<seed>__<time>).")
     checkpoint_every: int = _f(50, "Write a checkpoint every N updates (and always at the end).")
     tensorboard: bool = _f(True, "Write TensorBoard event files into the run directory.")
+    dist_timeout: float = _f(
+        300.0, "Under torchrun: seconds a rank waits for the others in a collective before it "
+        "stops with an error (another rank died or hangs)."
+    )
 
     @property
     def batch_size(self) -> int:
@@ -132,7 +136,7 @@ class Config:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr", "clip_eps", "value_clip_eps", "adam_eps", "obs_clip", "reward_clip",
-                     "max_kl"):
+                     "max_kl", "dist_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("gamma", "gae_lambda"):

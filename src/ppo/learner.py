@@ -6,6 +6,8 @@ to give the same losses and gradients.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
@@ -13,12 +15,17 @@ from ppo import objective
 from ppo.config import Config
 from ppo.policy import ActorCritic
 
+if TYPE_CHECKING:
+    from ppo.distributed import Replicas
+
 
 class TorchLearner:
     """Holds the batch on the model's device and applies clipped-surrogate minibatch steps."""
 
-    def __init__(self, model: ActorCritic, optimizer: torch.optim.Optimizer, cfg: Config) -> None:
+    def __init__(self, model: ActorCritic, optimizer: torch.optim.Optimizer, cfg: Config,
+                 replicas: Replicas | None = None) -> None:
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
+        self.replicas = replicas
         self.device = next(model.parameters()).device
 
     def bind(self) -> None:
@@ -67,11 +74,15 @@ class TorchLearner:
             stats = torch.stack([objective.approx_kl(log_ratio),
                                  objective.clip_fraction(ratio, cfg.clip_eps),
                                  loss_pi, loss_v, entropy.mean(), torch.zeros(())]).cpu().numpy()
+        if kl_limit is not None and self.replicas is not None:
+            stats[0] = self.replicas.mean(stats[0])  # every rank must stop or step alike
         if kl_limit is not None and stats[0] > kl_limit:
             return stats
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         params = list(self.model.parameters())
+        if self.replicas is not None:  # before the clip, which must see the global gradient
+            self.replicas.average_gradients_([p.grad for p in params])
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if not torch.isfinite(norm):
             stats[5] = 1.0

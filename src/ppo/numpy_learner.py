@@ -11,6 +11,7 @@ numbers with no copying. tests/test_numpy_learner.py pins losses and gradients t
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -18,6 +19,9 @@ from torch import nn
 
 from ppo.config import Config
 from ppo.policy import LOG_2PI, ActorCritic
+
+if TYPE_CHECKING:
+    from ppo.distributed import Replicas
 
 
 def _linears(seq: nn.Sequential | None) -> list[nn.Linear]:
@@ -27,8 +31,10 @@ def _linears(seq: nn.Sequential | None) -> list[nn.Linear]:
 class NumpyLearner:
     """Same interface as TorchLearner; CPU only."""
 
-    def __init__(self, model: ActorCritic, optimizer: torch.optim.Adam, cfg: Config) -> None:
+    def __init__(self, model: ActorCritic, optimizer: torch.optim.Adam, cfg: Config,
+                 replicas: Replicas | None = None) -> None:
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
+        self.replicas = replicas
         self.discrete = model.discrete
         self.bind()
 
@@ -150,6 +156,8 @@ class NumpyLearner:
 
         loss_v, d_values = self._value_loss(values, index)
         mean_entropy = float(entropy.mean())
+        if kl_limit is not None and self.replicas is not None:
+            approx_kl = self.replicas.mean(approx_kl)  # every rank must stop or step alike
         stats = np.array([approx_kl, clipfrac, loss_pi, loss_v, mean_entropy, 0.0])
         if kl_limit is not None and approx_kl > kl_limit:
             return stats
@@ -232,6 +240,8 @@ class NumpyLearner:
         """Global grad-norm clip, then torch's Adam update, on the flat vectors; nothing is
         applied (False) when the gradient is not finite."""
         cfg, g = self.cfg, self.grad
+        if self.replicas is not None:  # before the clip, which must see the global gradient
+            self.replicas.average_(g)
         norm = math.sqrt(float(np.dot(g, g)))
         if not math.isfinite(norm):
             return False

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from ppo.checkpoint import (
     write_atomic,
 )
 from ppo.config import Config, ConfigError, from_dict
+from ppo.distributed import join_from_env
 from ppo.envs import EnvSource, check_action_space, encode_obs, make_vector_env, obs_dim
 from ppo.learner import TorchLearner
 from ppo.metrics import MetricsLogger
@@ -80,8 +82,12 @@ class PPO:
         self.config = cfg = config.validate()
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("device cuda requested but torch sees no CUDA device")
-        self.device = torch.device(cfg.device)
-        self.verbose = verbose
+        # Under torchrun this process is one rank of several that train one model together.
+        self.replicas = join_from_env(cfg.device, cfg.dist_timeout)
+        self.rank = 0 if self.replicas is None else self.replicas.rank
+        self.world_size = 1 if self.replicas is None else self.replicas.world_size
+        self.device = torch.device(cfg.device) if self.replicas is None else self.replicas.device
+        self.verbose = verbose and self.rank == 0
         torch.set_num_threads(cfg.threads)
         # NumPy's BLAS too: the fast path's small matmuls only lose to thread hand-offs, and
         # on a busy machine they lose ten-fold.
@@ -96,6 +102,8 @@ class PPO:
             dim, self.action_space, cfg.hidden_sizes, cfg.shared_trunk, cfg.init_log_std
         ).to(self.device)
         if cfg.algo == "trpo":  # Adam fits the critic; the actor takes natural-gradient steps
+            if self.replicas is not None:
+                raise ConfigError("algo trpo runs in one process; distributed training is PPO's")
             self.optimizer = torch.optim.Adam(critic_parameters(self.model), lr=cfg.lr,
                                               eps=cfg.adam_eps)
             self.learner = TRPOLearner(self.model, self.optimizer, cfg)
@@ -104,13 +112,15 @@ class PPO:
                                               eps=cfg.adam_eps)
             use_numpy = cfg.learner == "numpy" or (cfg.learner == "auto" and cfg.device == "cpu")
             self.learner = (NumpyLearner if use_numpy else TorchLearner)(
-                self.model, self.optimizer, cfg)
+                self.model, self.optimizer, cfg, self.replicas)
         self.obs_normalizer = ObsNormalizer(dim, cfg.obs_clip) if cfg.normalize_obs else None
         reward_scaler = (
             RewardScaler(cfg.num_envs, cfg.gamma, cfg.reward_clip) if cfg.normalize_reward else None
         )
         # Separate streams, so that changing one use of randomness leaves the others alone.
-        self.action_rng = np.random.default_rng([cfg.seed, 1])
+        # Each rank samples its own actions; rank 0 as a single process would.
+        self.action_rng = np.random.default_rng([cfg.seed, 1, self.rank] if self.rank else
+                                                [cfg.seed, 1])
         self.shuffle_rng = np.random.default_rng([cfg.seed, 2])
         self.policy = InferencePolicy(self.model)
         self.collector = Collector(
@@ -119,7 +129,8 @@ class PPO:
         self.global_step = 0
         self.update = 0
         self.nonfinite_streak = 0
-        self.run_dir = Path(cfg.run_dir) if cfg.run_dir else None
+        # Rank 0 alone writes the run directory: metrics, TensorBoard, config, checkpoints.
+        self.run_dir = Path(cfg.run_dir) if cfg.run_dir and self.rank == 0 else None
         self._envs_ready = False
         self._resume_point: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
 
@@ -134,8 +145,9 @@ class PPO:
                 group["lr"] = cfg.lr * (1.0 - self.global_step / cfg.total_timesteps)
 
         # 1. collect a batch with the current policy, pi_old
-        rollout = self.collector.collect(cfg.rollout_steps, self.global_step)
-        self.global_step += cfg.batch_size
+        with self._pooled():
+            rollout = self.collector.collect(cfg.rollout_steps, self.global_step)
+        self.global_step += cfg.batch_size * self.world_size
         timings["env"], timings["act"] = self.collector.take_timings()
 
         # 2. compute advantages once, from the values alive at collection
@@ -176,7 +188,7 @@ class PPO:
 
         means = np.mean(stats, axis=0).tolist()
         elapsed = time.perf_counter() - start
-        return {
+        row = {
             "update": self.update,
             "global_step": self.global_step,
             "episodic_return": self.collector.episodes.mean_return(),
@@ -188,25 +200,34 @@ class PPO:
             "explained_variance": self.explained_variance,
             "learning_rate": self.optimizer.param_groups[0]["lr"],
             "epochs_run": epochs_run,
-            "sps": cfg.batch_size / elapsed,
+            "sps": cfg.batch_size * self.world_size / elapsed,
             **{f"time_{k}": v for k, v in timings.items()},
             "time_total": elapsed,
         }
+        return row if self.replicas is None else self.replicas.average_metrics(row)
 
     def _ensure_envs_reset(self) -> None:
         """Reset the envs once. A resumed run replays the episodes it was in the middle of,
         and so continues exactly; where it can't, it starts fresh episodes seeded by the
-        update count (not replaying its very first ones)."""
+        update count (not replaying its very first ones). A checkpoint holds rank 0's
+        episodes, so other ranks of a distributed run start fresh ones."""
         if self._envs_ready:
             return
-        resumed = self._resume_point is not None
-        if not (resumed and self.collector.restore(*self._resume_point)):
-            if resumed and self.verbose:
-                print("note: the envs could not be restored mid-episode (not replayable or not "
-                      "deterministic); resuming with fresh episodes", file=sys.stderr)
-            self.collector.reset(seed=self.config.seed + self.update)
-        self._resume_point = None
+        resume_point, self._resume_point = self._resume_point, None
+        with self._pooled():
+            restored = (resume_point is not None and self.rank == 0
+                        and self.collector.restore(*resume_point))
+            if not restored:
+                if resume_point is not None and self.verbose:
+                    print("note: the envs could not be restored mid-episode (not replayable or "
+                          "not deterministic); resuming with fresh episodes", file=sys.stderr)
+                self.collector.reset(
+                    seed=self.config.seed + self.update + self.rank * self.config.num_envs)
         self._envs_ready = True
+
+    def _pooled(self) -> AbstractContextManager:
+        """Statistics the collector gathers inside this block end up on every rank alike."""
+        return nullcontext() if self.replicas is None else self.replicas.pooling(self.collector)
 
     def _count_nonfinite(self, skipped: float) -> None:
         self.nonfinite_streak = self.nonfinite_streak + 1 if skipped else 0
@@ -223,6 +244,9 @@ class PPO:
         obs = rollout.obs.reshape(steps * n, -1)
         actions = rollout.actions.reshape(steps * n, *rollout.actions.shape[2:])
         keep = np.flatnonzero(rollout.valid.reshape(-1))
+        if self.replicas is not None:
+            # Every rank must take as many minibatch steps: all train on the shortest batch.
+            keep = keep[: self.replicas.min(len(keep))]
         logp_old, values = self.learner.evaluate(obs, actions)
         self.learner.load_batch(obs[keep], actions[keep], logp_old[keep], values[keep])
         self._advantages(rollout, keep, values)
@@ -245,8 +269,15 @@ class PPO:
         advantages, returns = advantages.reshape(-1)[keep], returns.reshape(-1)[keep]
         self.explained_variance = _explained_variance(values.reshape(-1)[keep], returns)
         if self.config.norm_adv == "batch":
-            advantages = (advantages - advantages.mean()) / (advantages.std(ddof=1) + 1e-8)
+            mean, std = self._mean_std(advantages)
+            advantages = (advantages - mean) / (std + 1e-8)
         self.learner.set_advantages(advantages, returns)
+
+    def _mean_std(self, x: np.ndarray) -> tuple[float, float]:
+        """Mean and std (ddof=1) of x, together with the other ranks' x if any."""
+        if self.replicas is None:
+            return x.mean(), x.std(ddof=1)
+        return self.replicas.mean_std(x)
 
     # ------------------------------------------------------------------ running
     def learn(self, total_timesteps: int | None = None) -> PPO:
@@ -262,12 +293,13 @@ class PPO:
         self._ensure_envs_reset()
         if self.run_dir is not None:
             self._claim_run_dir()
-        total_updates = self.update + max(0, -(-(end_step - self.global_step) // cfg.batch_size))
+        steps_per_update = cfg.batch_size * self.world_size
+        total_updates = self.update + max(0, -(-(end_step - self.global_step) // steps_per_update))
         logger = MetricsLogger(self.run_dir, self.verbose, cfg.tensorboard,
                                total_updates, self.update + 1, cfg.algo == "ppo")
         try:
             with StopSignals() as signals:
-                while self.global_step < end_step and signals.received is None:
+                while self.global_step < end_step and not self._stopping(signals):
                     row = self.iteration()
                     logger.log(row)
                     if self.run_dir is not None and self.update % cfg.checkpoint_every == 0:
@@ -279,6 +311,12 @@ class PPO:
         if signals.received is not None:
             raise Interrupted(signals.received, self.update)
         return self
+
+    def _stopping(self, signals: StopSignals) -> bool:
+        """True once a stop signal arrived, on any rank: all stop after the same update."""
+        if self.replicas is not None:
+            signals.received = self.replicas.max(signals.received or 0) or None
+        return signals.received is not None
 
     def _checkpoint(self) -> None:
         path = checkpoint_path(self.run_dir, self.update)
@@ -387,7 +425,11 @@ class PPO:
             self.obs_normalizer.stats.load(_prefixed(tensors, "obs_norm.", source))
         if self.collector.reward_scaler is not None:
             self.collector.reward_scaler.stats.load(_prefixed(tensors, "reward_norm.", source))
-        self.action_rng.bit_generator.state = meta["rng"]["action"]
+        # The checkpoint holds rank 0's action stream; the other ranks start new ones, apart
+        # from those of the run's start and of any other resume.
+        self.action_rng.bit_generator.state = meta["rng"]["action"] if self.rank == 0 else (
+            np.random.default_rng([self.config.seed, 1, self.rank, meta["update"]])
+            .bit_generator.state)
         self.shuffle_rng.bit_generator.state = meta["rng"]["shuffle"]
         self.update, self.global_step = meta["update"], meta["global_step"]
         episodes = self.collector.episodes
@@ -427,6 +469,8 @@ class PPO:
 
     def close(self) -> None:
         self.envs.close()
+        if self.replicas is not None:
+            self.replicas.close()
 
 
 def _prefixed(tensors: dict[str, torch.Tensor], prefix: str, source: Path) -> dict[str, Any]:
