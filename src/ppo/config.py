@@ -86,8 +86,8 @@ class Config:
     )
 
     max_nonfinite_steps: int = _f(
-        10, "Stop after this many minibatch steps in a row with a NaN/Inf loss or gradient "
-        "(each one is skipped, not applied)."
+        10, "Stop after this many minibatch steps (TRPO: updates) in a row with a NaN/Inf "
+        "loss or gradient (each one is skipped, not applied)."
     )
 
     hidden_sizes: list[int] = _f([64, 64], "Hidden layer widths of each MLP.")

@@ -105,6 +105,7 @@ class Collector:
         self.action_shape = action_space.shape
         self.action_dtype = np.int64 if isinstance(action_space, spaces.Discrete) else np.float32
         self.next_step_reset = envs.metadata.get("autoreset_mode") == AutoresetMode.NEXT_STEP
+        self.replayable = getattr(envs, "replayable_episodes", False)  # see episode_replay.py
         self.num_envs = envs.num_envs
         self.episodes = EpisodeStats(self.num_envs)
         self.obs: np.ndarray | None = None
@@ -121,7 +122,7 @@ class Collector:
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """What a resumed run needs to continue the episodes in progress exactly; empty when
         the envs can't be replayed (see episode_replay.py)."""
-        if not getattr(self.envs, "replayable_episodes", False) or self.obs is None:
+        if not self.replayable or self.obs is None:
             return {}, {}
         snapshots = self.envs.call("snapshot")
         if any(snap is None for snap in snapshots):
@@ -140,7 +141,7 @@ class Collector:
         """Replay the episodes in progress from `state()`. False when that is impossible
         (other envs, or an env that is not deterministic); then the caller resets instead."""
         n = self.num_envs
-        if not (getattr(self.envs, "replayable_episodes", False) and meta
+        if not (self.replayable and meta
                 and len(meta["env_seeds"]) == n):
             return False
         snapshots = [{"env_seed": meta["env_seeds"][i], "episode": meta["episodes"][i],
