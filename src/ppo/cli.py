@@ -33,8 +33,8 @@ class UserError(click.ClickException):
 def _run_guarded(fn: Callable[[], Any]) -> Any:
     from ppo.checkpoint import CheckpointError
     from ppo.distributed import DistributedError
+    from ppo.learners import NonFiniteError
     from ppo.rollout import EnvValueError, EnvWorkerError
-    from ppo.trainer import NonFiniteError
 
     try:
         return fn()
@@ -161,7 +161,8 @@ def main() -> None:
 def train(config_file: Path | None, preset: str | None, resume_dir: Path | None, quiet: bool,
           nproc: int | None, **flags: Any) -> None:
     """Train an agent. Plain `ppo train` trains LunarLander-v3 with the seed's settings."""
-    from ppo.trainer import PPO, Interrupted
+    from ppo.agent import PPO
+    from ppo.signals import Interrupted
 
     if nproc is not None and "WORLD_SIZE" in os.environ:
         raise UserError("--nproc launches torchrun, and this process already runs under "
@@ -220,7 +221,7 @@ def eval_command(run_dir: Path, episodes: int, deterministic: bool, checkpoint: 
                  seed: int, video: Path | None) -> None:
     """Mean and std of the return of a trained agent, over fresh episodes."""
     from ppo.evaluation import evaluate, record_video
-    from ppo.trainer import PPO
+    from ppo.agent import PPO
 
     def run() -> None:
         if not run_dir.is_dir():

@@ -1,7 +1,8 @@
 """Every hyperparameter of a run: its default, its meaning and its validation.
 
-Defaults are the seed's standard setup (Schulman 2017 for Atari/MuJoCo, the seed's
-LunarLander exercise). Field help strings feed `ppo train --help` directly.
+Defaults are the standard PPO settings (Schulman et al. 2017) with the details of the
+reference implementations, as measured on LunarLander-v3 (README). Field help strings
+feed `ppo train --help` directly.
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ class Config:
     )
     norm_adv: str = _f(
         "batch",
-        "Advantage normalization: batch (the seed), minibatch (CleanRL, SB3) or off.",
+        "Advantage normalization: per rollout batch, per minibatch (CleanRL, SB3) or off.",
         choices=("batch", "minibatch", "off"),
     )
     algo: str = _f(
@@ -91,9 +92,20 @@ class Config:
     )
 
     hidden_sizes: list[int] = _f([64, 64], "Hidden layer widths of each MLP.")
+    actor_hidden_sizes: list[int] | None = _f(
+        None, "Hidden widths of the actor when the networks are separate (default: hidden_sizes)."
+    )
+    critic_hidden_sizes: list[int] | None = _f(
+        None, "Hidden widths of the critic when the networks are separate (default: hidden_sizes)."
+    )
+    activation: str = _f("tanh", "Hidden-layer activation.", choices=("tanh", "relu"))
     shared_trunk: bool = _f(
-        True, "One trunk for policy and value (the seed's layer 3); learns LunarLander faster "
-        "than two networks (measured, README). --no-shared-trunk for two networks."
+        True, "One trunk for policy and value; learns LunarLander faster than two networks "
+        "(measured, README). --no-shared-trunk for separate actor and critic networks."
+    )
+    ortho_init: bool = _f(
+        True, "Orthogonal initialization (gain sqrt 2 hidden, 0.01 policy head, 1 value head); "
+        "off: PyTorch's default initialization."
     )
     init_log_std: float = _f(0.0, "Initial log standard deviation of a Gaussian policy.")
     normalize_obs: bool = _f(False, "Normalize observations by running mean and variance.")
@@ -103,12 +115,14 @@ class Config:
     obs_clip: float = _f(10.0, "Clip normalized observations to +-obs_clip.")
     reward_clip: float = _f(10.0, "Clip scaled rewards to +-reward_clip.")
 
-    # The seed's pitfalls, as switches for the experiments that show what each one costs.
-    pitfall_recompute_advantages: bool = _f(
-        False, "Pitfall: recompute GAE inside the epoch loop with the current value function."
+    # Ablations of two details of the standard algorithm, for the experiments that measure them.
+    advantages_per_epoch: bool = _f(
+        False, "Ablation: recompute GAE before every epoch with the current critic, instead of "
+        "once per rollout."
     )
-    pitfall_fresh_old_logprobs: bool = _f(
-        False, "Pitfall: take pi_old from the current weights at every step, so ratio == 1."
+    old_logprobs_from_current: bool = _f(
+        False, "Ablation: take pi_old's log-probs from the current weights at every minibatch "
+        "step, so the ratio is always 1 and the clip never acts."
     )
 
     run_dir: str | None = _f(None, "Run directory (default runs/<env>__<seed>__<time>).")
@@ -152,8 +166,10 @@ class Config:
                 f"minibatch_size {self.minibatch_size} is larger than the rollout "
                 f"({self.rollout_steps} steps x {self.num_envs} envs = {self.batch_size})"
             )
-        if not self.hidden_sizes or any(h < 1 for h in self.hidden_sizes):
-            raise ConfigError(f"hidden_sizes must be positive widths, got {self.hidden_sizes}")
+        for name in ("hidden_sizes", "actor_hidden_sizes", "critic_hidden_sizes"):
+            sizes = getattr(self, name)
+            if sizes is not None and (not sizes or any(h < 1 for h in sizes)):
+                raise ConfigError(f"{name} must be positive widths, got {sizes}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -176,8 +192,9 @@ class Config:
                               "set shared_trunk false (--no-shared-trunk)")
         if self.target_kl is not None:
             raise ConfigError("target_kl is PPO's early stop; algo trpo bounds the KL by max_kl")
-        if self.pitfall_recompute_advantages or self.pitfall_fresh_old_logprobs:
-            raise ConfigError("the pitfall switches apply to algo ppo only")
+        if self.advantages_per_epoch or self.old_logprobs_from_current:
+            raise ConfigError("the ablation switches advantages_per_epoch and "
+                              "old_logprobs_from_current apply to algo ppo only")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
@@ -190,20 +207,27 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
     expected = {
         "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
         "float | None": (int, float), "str | None": (str,), "list[int]": (list,),
+        "list[int] | None": (list,),
     }[annotation]
     if isinstance(value, bool) and bool not in expected:
         raise ConfigError(f"{name} must be {annotation}, got {value!r}")
     if not isinstance(value, expected):
         raise ConfigError(f"{name} must be {annotation}, got {value!r}")
-    if annotation == "list[int]" and not all(
+    if annotation.startswith("list[int]") and not all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     ):
         raise ConfigError(f"{name} must be a list of integers, got {value!r}")
     return float(value) if "float" in annotation else value
 
 
+# Keys renamed since runs were first saved: old config files and checkpoints still load.
+RENAMED = {"pitfall_recompute_advantages": "advantages_per_epoch",
+           "pitfall_fresh_old_logprobs": "old_logprobs_from_current"}
+
+
 def from_dict(values: dict[str, Any]) -> Config:
     """Build a validated Config; unknown keys and wrong types are errors that name them."""
+    values = {RENAMED.get(k, k): v for k, v in values.items()}
     fields = {f.name: f for f in dataclasses.fields(Config)}
     unknown = sorted(set(values) - set(fields))
     if unknown:

@@ -1,4 +1,4 @@
-"""Env construction and vectorization, and the check that the engine supports its spaces."""
+"""Env construction and vectorization."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from ppo.config import Config, ConfigError
 from ppo.episode_replay import ReplayableEpisodes
@@ -68,16 +68,29 @@ class InProcessVectorEnv(VectorEnv):
         self.metadata = {**first.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
         self.spec = first.spec
         self.render_mode = first.render_mode
+        # Arrays stack with np.array; Dict and Tuple observations or actions go through
+        # Gymnasium's batching helpers.
+        self._plain_obs = not isinstance(first.observation_space, spaces.Dict | spaces.Tuple)
+        self._plain_actions = not isinstance(first.action_space, spaces.Dict | spaces.Tuple)
+
+    def _batch(self, obs: list) -> Any:
+        if self._plain_obs:
+            # np.array, not np.stack: the same result for equal shapes, at a sixth of the cost.
+            return np.array(obs)
+        space = self.single_observation_space
+        return concatenate(space, obs, create_empty_array(space, self.num_envs))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
         obs = [env.reset(seed=s, options=options)[0]
                for env, s in zip(self.envs, seeds, strict=True)]
-        return np.stack(obs), {}
+        return self._batch(obs), {}
 
-    def step(self, actions: np.ndarray):
+    def step(self, actions: Any):
         obs, rewards, terminated, truncated = [], [], [], []
         info: dict = {}
+        if not self._plain_actions:
+            actions = list(iterate(self.action_space, actions))
         for i, env in enumerate(self.envs):
             o, reward, term, trunc, _ = env.step(actions[i])
             if term or trunc:
@@ -90,8 +103,7 @@ class InProcessVectorEnv(VectorEnv):
             rewards.append(reward)
             terminated.append(term)
             truncated.append(trunc)
-        # np.array, not np.stack: the same result for equal shapes, at a sixth of the cost.
-        return (np.array(obs), np.array(rewards, np.float64), np.array(terminated, bool),
+        return (self._batch(obs), np.array(rewards, np.float64), np.array(terminated, bool),
                 np.array(truncated, bool), info)
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
@@ -137,31 +149,3 @@ def make_vector_env(cfg: Config, source: EnvSource | None = None) -> VectorEnv:
         raise ConfigError(f"cannot make env {cfg.env_id!r}: {type(e).__name__}: {e}") from None
     envs.replayable_episodes = True
     return envs
-
-
-def obs_dim(space: spaces.Space) -> int:
-    """Width of the flat float vector the networks see; raises for unsupported spaces."""
-    if isinstance(space, spaces.Box):
-        return int(np.prod(space.shape))
-    if isinstance(space, spaces.Discrete):
-        return int(space.n)
-    raise ConfigError(
-        f"unsupported observation space {type(space).__name__}: ppo takes Box or Discrete"
-    )
-
-
-def check_action_space(space: spaces.Space) -> None:
-    if isinstance(space, spaces.Discrete):
-        return
-    if isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating):
-        return
-    raise ConfigError(
-        f"unsupported action space {type(space).__name__}: ppo takes Discrete or float Box"
-    )
-
-
-def encode_obs(space: spaces.Space, obs: np.ndarray) -> np.ndarray:
-    """A (N, ...) batch of raw observations as (N, obs_dim) float32: flattened, or one-hot."""
-    if isinstance(space, spaces.Discrete):
-        return np.eye(space.n, dtype=np.float32)[np.asarray(obs) - space.start]
-    return np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)

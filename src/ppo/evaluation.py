@@ -11,7 +11,7 @@ import numpy as np
 from ppo.envs import env_spec
 
 if TYPE_CHECKING:
-    from ppo.trainer import PPO
+    from ppo.agent import PPO
 
 
 def evaluate(agent: PPO, episodes: int, deterministic: bool, seed: int) -> np.ndarray:
@@ -23,7 +23,7 @@ def evaluate(agent: PPO, episodes: int, deterministic: bool, seed: int) -> np.nd
             obs, _ = env.reset(seed=seed + episode)
             total, done = 0.0, False
             while not done:
-                obs, reward, terminated, truncated, _ = env.step(agent.predict(obs, deterministic))
+                obs, reward, terminated, truncated, _ = env.step(agent.predict(obs, deterministic=deterministic)[0])
                 total += float(reward)
                 done = terminated or truncated
             returns.append(total)
@@ -46,7 +46,7 @@ def record_video(agent: PPO, path: Path, deterministic: bool, seed: int) -> Path
             done = False
             while not done:
                 writer.append_data(env.render())
-                obs, _, terminated, truncated, _ = env.step(agent.predict(obs, deterministic))
+                obs, _, terminated, truncated, _ = env.step(agent.predict(obs, deterministic=deterministic)[0])
                 done = terminated or truncated
             writer.append_data(env.render())
     finally:

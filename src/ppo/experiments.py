@@ -58,8 +58,8 @@ EXPERIMENTS = {
         "Each of the seed's pitfalls against the standard configuration.",
         {
             "standard": {},
-            "advantages in epoch loop": {"pitfall_recompute_advantages": True},
-            "old log-probs recomputed": {"pitfall_fresh_old_logprobs": True},
+            "advantages in epoch loop": {"advantages_per_epoch": True},
+            "old log-probs recomputed": {"old_logprobs_from_current": True},
             "no value clipping": {"clip_value": False},
             "no advantage normalization": {"norm_adv": "off"},
             "K=20 epochs": {"epochs": 20},

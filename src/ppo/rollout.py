@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import concatenate, create_empty_array
 
-from ppo.envs import encode_obs
 from ppo.normalization import ObsNormalizer, RewardScaler
-from ppo.policy import InferencePolicy
+from ppo.policy import Policy
+from ppo.spaces import ActionSpec, ObsEncoder
 
 
 class EnvValueError(RuntimeError):
@@ -34,15 +34,15 @@ class EnvWorkerError(RuntimeError):
 class Rollout:
     """T steps of N envs. Observations are as the policy saw them (normalized if enabled)."""
 
-    obs: np.ndarray  # (T, N, obs_dim) float32
-    actions: np.ndarray  # (T, N) int64, or (T, N, act_dim) float32 as sampled (unclipped)
+    obs: np.ndarray  # (T, N, width) float32
+    actions: np.ndarray  # (T, N, columns) as sampled (Gaussian ones unclipped)
     rewards: np.ndarray  # (T, N) float32, scaled if reward scaling is on
     terminated: np.ndarray  # (T, N) bool: no bootstrap
     episode_end: np.ndarray  # (T, N) bool: terminated or truncated, GAE is cut here
     valid: np.ndarray  # (T, N) bool: False on NEXT_STEP reset steps
-    last_obs: np.ndarray  # (N, obs_dim): s_T, the bootstrap observation
+    last_obs: np.ndarray  # (N, width): s_T, the bootstrap observation
     final_steps: tuple[np.ndarray, np.ndarray]  # (t, n) of SAME_STEP episode ends
-    final_obs: np.ndarray  # (F, obs_dim): the true successor at those steps
+    final_obs: np.ndarray  # (F, width): the true successor at those steps
 
 
 class EpisodeStats:
@@ -77,6 +77,15 @@ class EpisodeStats:
         self.returns[:] = 0.0
         self.lengths[:] = 0
 
+    def state(self) -> dict[str, Any]:
+        """The finished episodes, for a checkpoint's metadata."""
+        return {"episodes": self.episodes, "recent_episodes": list(self.recent)}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.episodes = state["episodes"]
+        self.recent.clear()
+        self.recent.extend(tuple(e) for e in state["recent_episodes"])
+
     def mean_return(self) -> float:
         return float(np.mean([r for r, _ in self.recent])) if self.recent else float("nan")
 
@@ -90,20 +99,16 @@ class Collector:
     def __init__(
         self,
         envs: VectorEnv,
-        policy: InferencePolicy,
+        policy: Policy,
+        encoder: ObsEncoder,
+        action_spec: ActionSpec,
         rng: np.random.Generator,
         obs_normalizer: ObsNormalizer | None,
         reward_scaler: RewardScaler | None,
     ) -> None:
         self.envs, self.policy, self.rng = envs, policy, rng
+        self.encoder, self.action_spec = encoder, action_spec
         self.obs_normalizer, self.reward_scaler = obs_normalizer, reward_scaler
-        self.obs_space = envs.single_observation_space
-        action_space = envs.single_action_space
-        self.action_bounds = (
-            (action_space.low, action_space.high) if isinstance(action_space, spaces.Box) else None
-        )
-        self.action_shape = action_space.shape
-        self.action_dtype = np.int64 if isinstance(action_space, spaces.Discrete) else np.float32
         self.next_step_reset = envs.metadata.get("autoreset_mode") == AutoresetMode.NEXT_STEP
         self.replayable = getattr(envs, "replayable_episodes", False)  # see episode_replay.py
         self.num_envs = envs.num_envs
@@ -111,42 +116,66 @@ class Collector:
         self.obs: np.ndarray | None = None
         self.pending_reset = np.zeros(self.num_envs, bool)
         self.time_env = self.time_act = 0.0
+        self._resume: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
 
-    def reset(self, seed: int) -> None:
+    def start(self, seed: int, replay: bool = True) -> bool:
+        """Put the envs where training continues: mid-episode as a loaded checkpoint left
+        them, where they can be replayed (and `replay`), else fresh episodes from `seed`.
+        Returns False when a checkpoint's episodes had to be given up."""
+        resume, self._resume = self._resume, None
+        if resume is not None and replay and self._replay(*resume):
+            return True
         raw, _ = self.envs.reset(seed=seed)
         self.envs.action_space.seed(seed)
         self.obs = self._observe(raw, update=True)
         self.pending_reset[:] = False
         self.episodes.reset_partial()
+        return resume is None
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """What a resumed run needs to continue the episodes in progress exactly; empty when
-        the envs can't be replayed (see episode_replay.py)."""
-        if not self.replayable or self.obs is None:
-            return {}, {}
-        snapshots = self.envs.call("snapshot")
+        """Arrays and metadata for a checkpoint: normalization statistics, finished episodes,
+        and what a resumed run needs to continue the episodes in progress exactly (nothing
+        when the envs can't be replayed, see episode_replay.py)."""
+        arrays: dict[str, np.ndarray] = {}
+        for prefix, normalizer in (("obs_norm", self.obs_normalizer),
+                                   ("reward_norm", self.reward_scaler)):
+            if normalizer is not None:
+                arrays.update({f"{prefix}.{k}": v for k, v in normalizer.stats.state().items()})
+        meta: dict[str, Any] = {**self.episodes.state(), "collector": {}}
+        snapshots = self.envs.call("snapshot") if self.replayable and self.obs is not None else [None]
         if any(snap is None for snap in snapshots):
-            return {}, {}
-        arrays = {"obs": self.obs, "episode_returns": self.episodes.returns,
-                  "episode_lengths": self.episodes.lengths}
+            return arrays, meta
+        arrays.update({"collector.obs": self.obs,
+                       "collector.episode_returns": self.episodes.returns,
+                       "collector.episode_lengths": self.episodes.lengths})
         if self.reward_scaler is not None:
-            arrays["discounted_return"] = self.reward_scaler.discounted_return
+            arrays["collector.discounted_return"] = self.reward_scaler.discounted_return
         for i, snap in enumerate(snapshots):
-            arrays[f"actions.{i}"] = snap["actions"]
-        meta = {"env_seeds": [snap["env_seed"] for snap in snapshots],
-                "episodes": [snap["episode"] for snap in snapshots]}
+            arrays[f"collector.actions.{i}"] = snap["actions"]
+        meta["collector"] = {"env_seeds": [snap["env_seed"] for snap in snapshots],
+                             "episodes": [snap["episode"] for snap in snapshots]}
         return arrays, meta
 
-    def restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
+    def load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """The counterpart of `state`; the episodes in progress are replayed by `start`."""
+        for prefix, normalizer in (("obs_norm", self.obs_normalizer),
+                                   ("reward_norm", self.reward_scaler)):
+            if normalizer is not None:
+                normalizer.stats.load({k[len(prefix) + 1:]: v for k, v in arrays.items()
+                                       if k.startswith(prefix + ".")})
+        self.episodes.load_state(meta)
+        self._resume = ({k[len("collector."):]: v for k, v in arrays.items()
+                         if k.startswith("collector.")}, meta["collector"])
+
+    def _replay(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
         """Replay the episodes in progress from `state()`. False when that is impossible
-        (other envs, or an env that is not deterministic); then the caller resets instead."""
+        (other envs, or an env that is not deterministic)."""
         n = self.num_envs
-        if not (self.replayable and meta
-                and len(meta["env_seeds"]) == n):
+        if not (self.replayable and meta and len(meta["env_seeds"]) == n):
             return False
         snapshots = [{"env_seed": meta["env_seeds"][i], "episode": meta["episodes"][i],
                       "actions": arrays[f"actions.{i}"]} for i in range(n)]
-        raw = np.stack(self.envs.call("restore", snapshots))
+        raw = self._stack(self.envs.call("restore", snapshots))
         # The statistics already counted this observation before the checkpoint.
         obs = self._observe(raw, update=False)
         if not np.array_equal(obs, arrays["obs"]):
@@ -165,24 +194,29 @@ class Collector:
         self.time_env = self.time_act = 0.0
         return timings
 
-    def _observe(self, raw: np.ndarray, update: bool) -> np.ndarray:
-        obs = encode_obs(self.obs_space, raw)
+    def _observe(self, raw: Any, update: bool, step: int = -1) -> np.ndarray:
+        """Encoded and normalized observations; with update, the normalization statistics
+        take them in. Non-finite ones stop the run (near global step `step`)."""
+        obs = self.encoder(raw)
+        if not np.isfinite(obs).all():
+            _raise_non_finite("observation", obs, step)
         if self.obs_normalizer is None:
             return obs
         if update:
             self.obs_normalizer.stats.update(obs)
         return self.obs_normalizer(obs)
 
-    def _env_action(self, action: np.ndarray) -> np.ndarray:
-        """Sampled Gaussian actions are stored as drawn and clipped only on the way out."""
-        if self.action_bounds is None:
-            return action
-        return np.clip(action, *self.action_bounds)
+    def _stack(self, observations: list[Any]) -> Any:
+        """A batch of single-env observations, as a vector env would return it."""
+        if self.encoder.plain_box:
+            return np.stack(observations)
+        space = self.encoder.space
+        return concatenate(space, observations, create_empty_array(space, len(observations)))
 
     def collect(self, steps: int, global_step: int) -> Rollout:
-        n = self.num_envs
+        n, spec = self.num_envs, self.action_spec
         obs_buf = np.empty((steps, n, self.obs.shape[-1]), np.float32)
-        actions = np.empty((steps, n, *self.action_shape), self.action_dtype)
+        actions = np.empty((steps, n, spec.columns), spec.dtype)
         raw_rewards = np.empty((steps, n), np.float64)
         rewards = np.empty((steps, n), np.float32)  # as trained on: scaled, if scaling is on
         terminated = np.empty((steps, n), bool)
@@ -198,7 +232,8 @@ class Collector:
             obs_buf[t] = self.obs
             action = self.policy.sample(self.obs, noise[t])
             actions[t] = action
-            env_action = self._env_action(action)
+            # Gaussian actions are stored as drawn and clipped only on their way to the env.
+            env_action = spec.to_env(action)
             tock = clock()
             try:
                 raw_obs, reward, term, trunc, info = self.envs.step(env_action)
@@ -206,10 +241,6 @@ class Collector:
                 raise _dead_worker(self.envs, e) from None
             self.time_act += tock - tick
             self.time_env += clock() - tock
-            # Observations steer the next action, so they are checked at once; rewards,
-            # once for the whole rollout below.
-            if not np.isfinite(raw_obs).all():
-                _raise_non_finite("observation", raw_obs, global_step + t * n)
             ended = term | trunc
             raw_rewards[t], terminated[t], episode_end[t] = reward, term, ended
             # Only a next-step reset makes a step invalid; the common case skips the mask.
@@ -221,13 +252,13 @@ class Collector:
             # Same-step resets put the true successors in info; an empty info means none.
             if info and not self.next_step_reset and ended.any():
                 idx = np.flatnonzero(ended)
-                successor = np.stack(info["final_obs"][idx])
-                if not np.isfinite(successor).all():
-                    _raise_non_finite("observation", successor, global_step + t * n)
                 final_t.append(t)
                 final_n.append(idx)
-                final_obs.append(self._observe(successor, update=False))
-            self.obs = self._observe(raw_obs, update=True)
+                final_obs.append(self._observe(self._stack(list(info["final_obs"][idx])),
+                                               False, global_step + t * n))
+            # Observations steer the next action, so they are checked at once (in _observe);
+            # rewards, once for the whole rollout below.
+            self.obs = self._observe(raw_obs, True, global_step + t * n)
             if self.next_step_reset:
                 self.pending_reset = ended
         if not np.isfinite(raw_rewards).all():

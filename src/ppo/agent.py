@@ -1,0 +1,224 @@
+"""The PPO agent: the public API (learn, predict, save, load, resume) and the training loop.
+
+`PPO.iteration` is PPO (Schulman et al. 2017, Algorithm 1): collect a rollout under pi_old,
+compute GAE advantages once, optimize the clipped surrogate for K epochs of minibatches,
+promote the new policy to pi_old. With algo trpo the optimization is TRPO's step instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+from ppo import checkpoint
+from ppo.advantages import prepare_batch
+from ppo.config import Config, ConfigError
+from ppo.distributed import join_from_env
+from ppo.envs import EnvSource, make_vector_env
+from ppo.learners import make_learner
+from ppo.metrics import MetricsLogger
+from ppo.networks import ActorCritic
+from ppo.normalization import ObsNormalizer, RewardScaler
+from ppo.policy import make_policy
+from ppo.rollout import Collector
+from ppo.signals import Interrupted, StopSignals
+from ppo.spaces import ActionSpec, ObsEncoder
+
+# learn(callback=...): called with each update's metrics row and the agent; False stops.
+Callback = Callable[[dict[str, Any], "PPO"], bool | None]
+
+
+class PPO:
+    """PPO-Clip agent: `PPO(Config(env_id=...)).learn()`, then `predict`, `save`, `PPO.load`."""
+
+    def __init__(self, config: Config, env: EnvSource | None = None, verbose: bool = True) -> None:
+        self.config = cfg = config.validate()
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError("device cuda requested but torch sees no CUDA device")
+        # Under torchrun this process is one rank of several that train one model together.
+        self.replicas = join_from_env(cfg.device, cfg.dist_timeout)
+        if cfg.algo == "trpo" and self.replicas is not None:
+            raise ConfigError("algo trpo runs in one process; distributed training is PPO's")
+        self.rank = 0 if self.replicas is None else self.replicas.rank
+        self.world_size = 1 if self.replicas is None else self.replicas.world_size
+        self.device = torch.device(cfg.device) if self.replicas is None else self.replicas.device
+        self.verbose = verbose and self.rank == 0
+        torch.set_num_threads(cfg.threads)
+        # NumPy's BLAS too: the fast path's small matmuls only lose to thread hand-offs, and
+        # on a busy machine they lose ten-fold.
+        threadpool_limits(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.envs = make_vector_env(cfg, env)
+        self.encoder = ObsEncoder(self.envs.single_observation_space)
+        self.action_spec = ActionSpec(self.envs.single_action_space)
+        self.model = ActorCritic(self.encoder.width, self.action_spec, cfg).to(self.device)
+        self.learner = make_learner(cfg, self.model, self.replicas)
+        self.obs_normalizer = (ObsNormalizer(self.encoder.normalized_columns, cfg.obs_clip)
+                               if cfg.normalize_obs else None)
+        reward_scaler = (RewardScaler(cfg.num_envs, cfg.gamma, cfg.reward_clip)
+                         if cfg.normalize_reward else None)
+        # Separate streams, so that changing one use of randomness leaves the others alone.
+        # Each rank samples its own actions; rank 0 as a single process would.
+        self.action_rng = np.random.default_rng([cfg.seed, 1, self.rank] if self.rank else
+                                                [cfg.seed, 1])
+        self.shuffle_rng = np.random.default_rng([cfg.seed, 2])
+        self.policy = make_policy(self.model, self.action_spec)
+        self.collector = Collector(self.envs, self.policy, self.encoder, self.action_spec,
+                                   self.action_rng, self.obs_normalizer, reward_scaler)
+        self.global_step = 0
+        self.update = 0
+        # Rank 0 alone writes the run directory: metrics, TensorBoard, config, checkpoints.
+        self.run_dir = Path(cfg.run_dir) if cfg.run_dir and self.rank == 0 else None
+        self._envs_ready = False
+
+    # ------------------------------------------------------------------ the PPO loop
+    def iteration(self) -> dict[str, Any]:
+        """One PPO iteration; returns its metrics row."""
+        cfg, start = self.config, time.perf_counter()
+        self._start_envs()
+        if cfg.anneal_lr:
+            self.learner.set_lr(cfg.lr * (1.0 - self.global_step / cfg.total_timesteps))
+
+        # 1. collect a batch with the current policy, pi_old
+        with self._pooled():
+            rollout = self.collector.collect(cfg.rollout_steps, self.global_step)
+        self.global_step += cfg.batch_size * self.world_size
+        time_env, time_act = self.collector.take_timings()
+
+        # 2. compute advantages once, from the values alive at collection
+        tick = time.perf_counter()
+        batch = prepare_batch(rollout, self.learner.evaluate, self.learner.values, cfg,
+                              self.replicas)
+        tock = time.perf_counter()
+
+        # 3. K epochs of optimization on the same batch, freshly shuffled each time
+        stats = self.learner.update(batch, self.shuffle_rng)
+
+        # 4. promote the current policy to pi_old
+        self.policy.promote(self.model)
+        self.update += 1
+
+        end = time.perf_counter()
+        row = {"update": self.update, "global_step": self.global_step,
+               "episodic_return": self.collector.episodes.mean_return(),
+               "episodic_length": self.collector.episodes.mean_length(),
+               "episodes": self.collector.episodes.episodes,
+               **dataclasses.asdict(stats), "explained_variance": batch.explained_variance,
+               "learning_rate": self.learner.lr, "sps": cfg.batch_size * self.world_size /
+               (end - start), "time_env": time_env, "time_act": time_act,
+               "time_advantages": tock - tick, "time_optimize": end - tock,
+               "time_total": end - start}
+        return row if self.replicas is None else self.replicas.average_metrics(row)
+
+    def _start_envs(self) -> None:
+        """Reset the envs once. A resumed run replays the episodes it was in the middle of
+        and so continues exactly; where it can't, it starts fresh episodes seeded by the
+        update count. A checkpoint holds rank 0's episodes: other ranks start fresh ones."""
+        if self._envs_ready:
+            return
+        with self._pooled():
+            seed = self.config.seed + self.update + self.rank * self.config.num_envs
+            if not self.collector.start(seed, replay=self.rank == 0) and self.verbose:
+                print("note: the envs could not be restored mid-episode (not replayable or "
+                      "not deterministic); resuming with fresh episodes", file=sys.stderr)
+        self._envs_ready = True
+
+    def _pooled(self) -> AbstractContextManager:
+        """Statistics the collector gathers inside this block end up on every rank alike."""
+        return nullcontext() if self.replicas is None else self.replicas.pooling(self.collector)
+
+    # ------------------------------------------------------------------ running
+    def learn(self, total_timesteps: int | None = None, callback: Callback | None = None) -> PPO:
+        """Train until `total_timesteps` more steps (default: until config.total_timesteps).
+
+        With a run directory, writes metrics.csv, TensorBoard events and checkpoints there.
+        `callback(row, agent)` runs after every update; returning False stops the run cleanly
+        (with a final checkpoint).
+        """
+        cfg = self.config
+        end_step = cfg.total_timesteps if total_timesteps is None else (
+            self.global_step + total_timesteps)
+        if total_timesteps is not None:
+            self.config = cfg = cfg.replace(total_timesteps=end_step)
+        self._start_envs()
+        if self.run_dir is not None:
+            self.config = checkpoint.claim_run_dir(self.run_dir, self.config, self.update == 0)
+        steps_per_update = cfg.batch_size * self.world_size
+        total_updates = self.update + max(0, -(-(end_step - self.global_step) // steps_per_update))
+        logger = MetricsLogger(self.run_dir, self.verbose, cfg.tensorboard,
+                               total_updates, self.update + 1, cfg.algo == "ppo")
+        try:
+            with StopSignals() as signals:
+                while self.global_step < end_step and not self._stopping(signals):
+                    row = self.iteration()
+                    logger.log(row)
+                    if self.run_dir is not None and self.update % cfg.checkpoint_every == 0:
+                        checkpoint.write(self)
+                    if callback is not None and callback(row, self) is False:
+                        break
+            if self.run_dir is not None:
+                checkpoint.write(self)
+        finally:
+            logger.close()
+        if signals.received is not None:
+            raise Interrupted(signals.received, self.update)
+        return self
+
+    def _stopping(self, signals: StopSignals) -> bool:
+        """True once a stop signal arrived, on any rank: all stop after the same update."""
+        if self.replicas is not None:
+            signals.received = self.replicas.max(signals.received or 0) or None
+        return signals.received is not None
+
+    def predict(self, obs: Any, state: Any = None, episode_start: Any = None,
+                deterministic: bool = False) -> tuple[Any, Any]:
+        """Action(s) for one raw observation or a batch, with observation normalization
+        applied (frozen), and the recurrent state (None: this policy has none)."""
+        one = self.encoder.batch_of_one(obs)
+        x = self.encoder(obs if one is None else one)
+        if self.obs_normalizer is not None:
+            x = self.obs_normalizer(x)
+        actions = self.action_spec.to_env(self.policy.act(x, self.action_rng, deterministic))
+        return (actions if one is None else self.action_spec.one_env(actions, 0)), None
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        return checkpoint.save(self, Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path, env: EnvSource | None = None, verbose: bool = False,
+             **overrides: Any) -> PPO:
+        """Rebuild an agent from a checkpoint file, or from a run directory's latest one."""
+        path = Path(path)
+        if path.is_dir():
+            path = checkpoint.latest_checkpoint(path)
+        tensors, meta = checkpoint.load_checkpoint(path)
+        # A file's own idea of where its run lives is never trusted with writes: a loaded
+        # agent writes nowhere unless given a run_dir (resume passes the directory it read).
+        stored = {k: v for k, v in meta["config"].items() if k != "run_dir"}
+        agent = cls(checkpoint.config_of(stored, overrides, path), env=env, verbose=verbose)
+        checkpoint.restore(agent, tensors, meta, path)
+        return agent
+
+    @classmethod
+    def resume(cls, run_dir: str | Path, verbose: bool = True, **overrides: Any) -> PPO:
+        """Continue a run from its last complete checkpoint, with its own config."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "config.toml").exists():
+            raise checkpoint.CheckpointError(f"{run_dir} is not a run directory (no config.toml)")
+        return cls.load(checkpoint.latest_checkpoint(run_dir), verbose=verbose,
+                        run_dir=str(run_dir), **overrides)
+
+    def close(self) -> None:
+        self.envs.close()
+        if self.replicas is not None:
+            self.replicas.close()
