@@ -67,6 +67,17 @@ class IntBoxActionEnv(CounterEnv):
         super().__init__(3, spaces.Box(0, 5, (2,), np.int64))
 
 
+class SequenceObsEnv(CounterEnv):
+    def __init__(self):
+        super().__init__(3)
+        self.observation_space = spaces.Sequence(spaces.Discrete(3))
+
+
+class TextActionEnv(CounterEnv):
+    def __init__(self):
+        super().__init__(3, spaces.Text(5))
+
+
 class NaNRewardEnv(CounterEnv):
     """Returns a NaN reward on its third step."""
 

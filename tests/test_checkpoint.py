@@ -20,7 +20,8 @@ from ppo.checkpoint import (
     write_atomic,
 )
 from ppo.config import Config, ConfigError
-from ppo.trainer import PPO, Interrupted
+from ppo.agent import PPO
+from ppo.signals import Interrupted
 
 
 def _cfg(tmp_path, name="run", **kw):

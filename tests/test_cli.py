@@ -82,9 +82,9 @@ def test_train_help_lists_every_flag_with_its_default():
 # ---------------------------------------------------------------- bad input
 BAD_TRAIN = [
     (["--env", "NoSuchEnv-v0"], ["unknown env id", "NoSuchEnv-v0"]),
-    (["--env", "Blackjack-v1"], ["unsupported observation space Tuple"]),
-    (["--env", "helpers_envs:MultiDiscreteActionEnv"], ["unsupported action space"]),
-    (["--env", "helpers_envs:DictObsEnv"], ["unsupported observation space Dict"]),
+    (["--env", "helpers_envs:SequenceObsEnv"], ["unsupported observation space Sequence"]),
+    (["--env", "helpers_envs:IntBoxActionEnv"], ["unsupported action space"]),
+    (["--env", "helpers_envs:TextActionEnv"], ["unsupported action space Text"]),
     (["--minibatch-size", "4096"], ["minibatch_size", "larger than the rollout"]),
     (["--clip-eps", "0"], ["clip_eps"]),
     (["--clip-eps", "-0.2"], ["clip_eps"]),
@@ -259,7 +259,7 @@ def test_train_output_and_resume(run_copy):
 
 def test_eval_prints_mean_and_std(run_dir):
     from ppo.evaluation import evaluate
-    from ppo.trainer import PPO
+    from ppo.agent import PPO
 
     before = _snapshot(run_dir)
     result = _invoke("eval", run_dir, "--episodes", 3, "--deterministic")

@@ -10,7 +10,7 @@ import pytest
 
 from ppo.config import Config
 from ppo.metrics import COLUMNS, HealthCheck, MetricsLogger, _truncate_after, console_line
-from ppo.trainer import PPO
+from ppo.agent import PPO
 
 REQUIRED = ["update", "global_step", "episodic_return", "episodic_length", "approx_kl",
             "clipfrac", "policy_loss", "value_loss", "entropy", "explained_variance",

@@ -128,7 +128,7 @@ def test_same_learning_in_distribution_on_cartpole():
     """Float rounding makes single runs diverge; over seeds both paths must learn alike."""
     from ppo.cli import load_preset
     from ppo.config import from_dict
-    from ppo.trainer import PPO
+    from ppo.agent import PPO
 
     def steps_to_solve(learner: str, seed: int) -> int:
         cfg = from_dict({**load_preset("cartpole"), "seed": seed, "learner": learner,

@@ -18,7 +18,7 @@ import torch
 from ppo.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from ppo.config import Config
 from ppo.episode_replay import ReplayableEpisodes, episode_seed
-from ppo.trainer import PPO
+from ppo.agent import PPO
 
 
 def _weights(model: torch.nn.Module) -> torch.Tensor:

@@ -21,7 +21,7 @@ from helpers_envs import (
 from ppo.config import Config, ConfigError
 from ppo.normalization import RunningMeanStd
 from ppo.rollout import EnvValueError, EpisodeStats
-from ppo.trainer import PPO
+from ppo.agent import PPO
 
 L = 3  # episode length of the counter envs
 GAMMA = 0.9

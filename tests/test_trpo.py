@@ -15,7 +15,7 @@ from ppo.checkpoint import checkpoint_path, latest_checkpoint
 from ppo.cli import main
 from ppo.config import Config, ConfigError
 from ppo.policy import ActorCritic
-from ppo.trainer import PPO
+from ppo.agent import PPO
 from ppo.trpo import (
     actor_parameters,
     conjugate_gradient,

@@ -241,7 +241,8 @@ def _action_heads(path: str, space: spaces.Space) -> list[tuple[str, int, int]]:
     if isinstance(space, spaces.MultiBinary):
         return [("bernoulli", int(np.prod(space.shape)), 1)]
     name = path.lstrip(".") or "action"
-    raise ConfigError(f"unsupported action space {space} ({name}): ppo takes {ACTION_KINDS}")
+    raise ConfigError(f"unsupported action space {type(space).__name__} ({name}: {space}): "
+                      f"ppo takes {ACTION_KINDS}")
 
 
 def _to_env(space: spaces.Space, columns: np.ndarray) -> np.ndarray:
