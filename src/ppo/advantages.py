@@ -63,6 +63,7 @@ class Batch:
 
     obs: np.ndarray
     actions: np.ndarray
+    masks: np.ndarray | None  # valid actions of masked categorical heads
     logp_old: np.ndarray
     values: np.ndarray
     advantages: np.ndarray
@@ -78,18 +79,19 @@ def prepare_batch(rollout: Rollout, evaluate: Callable, values: Callable, cfg: C
     steps, n = rollout.rewards.shape
     obs = rollout.obs.reshape(steps * n, -1)
     actions = rollout.actions.reshape(steps * n, -1)
+    masks = None if rollout.masks is None else rollout.masks.reshape(steps * n, -1)
     keep = np.flatnonzero(rollout.valid.reshape(-1))
     if replicas is not None:
         # Every rank must take as many minibatch steps: all train on the shortest batch.
         keep = keep[: replicas.min(len(keep))]
-    logp_old, value = evaluate(obs, actions)
+    logp_old, value = evaluate(obs, actions, masks)
     inputs = GaeInputs(obs, np.concatenate([rollout.last_obs, rollout.final_obs]),
                        rollout.rewards, rollout.terminated, rollout.episode_end,
                        rollout.final_steps, keep)
     advantages, returns, explained = targets(inputs, value, values(inputs.successors), cfg,
                                              replicas)
-    return Batch(obs[keep], actions[keep], logp_old[keep], value[keep], advantages, returns,
-                 explained, inputs)
+    return Batch(obs[keep], actions[keep], None if masks is None else masks[keep],
+                 logp_old[keep], value[keep], advantages, returns, explained, inputs)
 
 
 def targets(inputs: GaeInputs, values: np.ndarray, successor_values: np.ndarray, cfg: Config,

@@ -59,6 +59,9 @@ class PPO:
         torch.manual_seed(cfg.seed)
         self.envs = make_vector_env(cfg, env)
         self.encoder = ObsEncoder(self.envs.single_observation_space)
+        if self.encoder.dropped and self.verbose:
+            print(f"note: observation parts {', '.join(self.encoder.dropped)} are text and are "
+                  "not shown to the networks", file=sys.stderr)
         self.action_spec = ActionSpec(self.envs.single_action_space)
         self.model = ActorCritic(self.encoder.width, self.action_spec, cfg).to(self.device)
         self.learner = make_learner(cfg, self.model, self.replicas)
@@ -112,6 +115,7 @@ class PPO:
                "episodic_return": self.collector.episodes.mean_return(),
                "episodic_length": self.collector.episodes.mean_length(),
                "episodes": self.collector.episodes.episodes,
+               **self.collector.episodes.info_means(),
                **dataclasses.asdict(stats), "explained_variance": batch.explained_variance,
                "learning_rate": self.learner.lr, "sps": cfg.batch_size * self.world_size /
                (end - start), "time_env": time_env, "time_act": time_act,
@@ -180,14 +184,17 @@ class PPO:
         return signals.received is not None
 
     def predict(self, obs: Any, state: Any = None, episode_start: Any = None,
-                deterministic: bool = False) -> tuple[Any, Any]:
+                deterministic: bool = False, action_masks: Any = None) -> tuple[Any, Any]:
         """Action(s) for one raw observation or a batch, with observation normalization
-        applied (frozen), and the recurrent state (None: this policy has none)."""
+        applied (frozen), and the recurrent state (None: this policy has none).
+        `action_masks`: the valid actions, as the env gives them (masked policies)."""
         one = self.encoder.batch_of_one(obs)
         x = self.encoder(obs if one is None else one)
         if self.obs_normalizer is not None:
             x = self.obs_normalizer(x)
-        actions = self.action_spec.to_env(self.policy.act(x, self.action_rng, deterministic))
+        mask = None if action_masks is None else np.asarray(action_masks, bool).reshape(len(x), -1)
+        flat = self.policy.act(x, self.action_rng, deterministic, mask)
+        actions = self.action_spec.to_env(flat)
         return (actions if one is None else self.action_spec.one_env(actions, 0)), None
 
     # ------------------------------------------------------------------ persistence

@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -21,7 +22,7 @@ from ppo.config import Config, ConfigError, from_dict, load_toml
 # Settings that may change when a run is resumed; the rest define the run.
 RESUMABLE = {"total_timesteps", "device", "threads", "checkpoint_every", "tensorboard",
              "dist_timeout"}
-OPTION_NAMES = {"env_id": "--env"}
+OPTION_NAMES = {"env_id": "--env", "wrappers": "--wrapper"}
 
 
 class UserError(click.ClickException):
@@ -56,24 +57,44 @@ def _config_options(command: Callable) -> Callable:
             decl = f"{name}/--no-{name[2:]}"
             command = click.option(decl, f.name, default=None, help=help_text)(command)
             continue
+        if f.type in ("dict[str, Any]", "list[dict[str, Any]]"):
+            metavar = "KEY=VALUE" if f.type.startswith("dict") else "MODULE:CLASS"
+            command = click.option(name, f.name, multiple=True, metavar=metavar,
+                                   help=f"{f.metadata['help']}  [default: none]")(command)
+            continue
         kind: Any = {"int": int, "float": float, "float | None": float}.get(f.type, str)
         if "choices" in f.metadata:
             kind = click.Choice(f.metadata["choices"])
-        metavar = "W1,W2" if f.type == "list[int]" else None
+        metavar = "W1,W2" if f.type.startswith("list[int]") else None
         command = click.option(name, f.name, type=kind, default=None, metavar=metavar,
                                help=help_text)(command)
     return command
 
 
+def _toml_value(text: str) -> Any:
+    """A TOML literal (true, 3, 0.5, "x", [1, 2]); anything else is taken as a string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
 def _parse_flags(flags: dict[str, Any]) -> dict[str, Any]:
-    given = {k: v for k, v in flags.items() if v is not None}
-    if "hidden_sizes" in given:
-        try:
-            given["hidden_sizes"] = [int(w) for w in given["hidden_sizes"].split(",")]
-        except ValueError:
-            raise ConfigError(
-                f"hidden_sizes must be comma-separated integers, got {given['hidden_sizes']!r}"
-            ) from None
+    given = {k: v for k, v in flags.items() if v is not None and v != ()}
+    for name in ("hidden_sizes", "actor_hidden_sizes", "critic_hidden_sizes"):
+        if name in given:
+            try:
+                given[name] = [int(w) for w in given[name].split(",")]
+            except ValueError:
+                raise ConfigError(
+                    f"{name} must be comma-separated integers, got {given[name]!r}") from None
+    if "env_kwargs" in given:
+        pairs = [item.partition("=") for item in given["env_kwargs"]]
+        if bad := [key for key, eq, _ in pairs if not (key and eq)]:
+            raise ConfigError(f"--env-kwargs takes KEY=VALUE, got {bad[0]!r}")
+        given["env_kwargs"] = {key: _toml_value(value) for key, _, value in pairs}
+    if "wrappers" in given:
+        given["wrappers"] = [{"path": path} for path in given["wrappers"]]
     return given
 
 
@@ -98,6 +119,8 @@ def _worker_args(ctx: click.Context) -> list[str]:
         if param.is_flag:  # --quiet, or one side of --x/--no-x
             if value or param.secondary_opts:
                 args.append(param.opts[0] if value else param.secondary_opts[0])
+        elif param.multiple:
+            args += [arg for item in value for arg in (param.opts[0], str(item))]
         else:
             args += [param.opts[0], str(value)]
     return args
@@ -220,8 +243,8 @@ def train(config_file: Path | None, preset: str | None, resume_dir: Path | None,
 def eval_command(run_dir: Path, episodes: int, deterministic: bool, checkpoint: Path | None,
                  seed: int, video: Path | None) -> None:
     """Mean and std of the return of a trained agent, over fresh episodes."""
-    from ppo.evaluation import evaluate, record_video
     from ppo.agent import PPO
+    from ppo.evaluation import evaluate, record_video
 
     def run() -> None:
         if not run_dir.is_dir():

@@ -19,14 +19,22 @@ class ConfigError(ValueError):
 
 
 def _f(default: Any, help: str, **extra: Any) -> Any:
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help, **extra})
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default),
+                     metadata={"help": help, **extra})
     return field(default=default, metadata={"help": help, **extra})
 
 
 @dataclass
 class Config:
-    env_id: str = _f("LunarLander-v3", "Gymnasium env id, or 'module:Class' entry point.")
+    env_id: str = _f("LunarLander-v3", "Gymnasium env id; 'module:Id' imports module first "
+                     "(which registers Id), 'module:Class' names an env class.")
+    env_kwargs: dict[str, Any] = _f(
+        {}, "Keyword arguments for the env's constructor (gymnasium.make), e.g. "
+        "continuous=true; on the command line KEY=VALUE, repeatable, VALUE a TOML literal.")
+    wrappers: list[dict[str, Any]] = _f(
+        [], "Gymnasium wrappers applied to each env in order: tables with `path` "
+        "('module:Class') and optional `kwargs`; on the command line the path, repeatable.")
     seed: int = _f(0, "Seed for torch, NumPy, the envs and the action sampler.")
     total_timesteps: int = _f(1_500_000, "Env steps to train for, summed over envs.")
     num_envs: int = _f(1, "Parallel envs; each fills rollout_steps per update.")
@@ -176,6 +184,9 @@ class Config:
                 raise ConfigError(
                     f"{f.name} must be one of {', '.join(choices)}, got {getattr(self, f.name)!r}"
                 )
+        if not all(isinstance(k, str) for k in self.env_kwargs):
+            raise ConfigError(f"env_kwargs keys must be strings, got {self.env_kwargs!r}")
+        self.wrappers = [_wrapper_entry("wrappers", entry) for entry in self.wrappers]
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
         if self.learner == "numpy" and self.device != "cpu":
@@ -207,12 +218,14 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
     expected = {
         "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
         "float | None": (int, float), "str | None": (str,), "list[int]": (list,),
-        "list[int] | None": (list,),
+        "list[int] | None": (list,), "dict[str, Any]": (dict,), "list[dict[str, Any]]": (list,),
     }[annotation]
     if isinstance(value, bool) and bool not in expected:
         raise ConfigError(f"{name} must be {annotation}, got {value!r}")
     if not isinstance(value, expected):
         raise ConfigError(f"{name} must be {annotation}, got {value!r}")
+    if annotation == "list[dict[str, Any]]":
+        return [_wrapper_entry(name, entry) for entry in value]
     if annotation.startswith("list[int]") and not all(
         isinstance(v, int) and not isinstance(v, bool) for v in value
     ):
@@ -223,6 +236,19 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
 # Keys renamed since runs were first saved: old config files and checkpoints still load.
 RENAMED = {"pitfall_recompute_advantages": "advantages_per_epoch",
            "pitfall_fresh_old_logprobs": "old_logprobs_from_current"}
+
+
+def _wrapper_entry(name: str, entry: Any) -> dict[str, Any]:
+    """One wrapper: {"path": "module:Class", "kwargs": {...}}; a bare string is a path."""
+    if isinstance(entry, str):
+        entry = {"path": entry}
+    if not (isinstance(entry, dict) and isinstance(entry.get("path"), str)
+            and set(entry) <= {"path", "kwargs"} and isinstance(entry.get("kwargs", {}), dict)):
+        raise ConfigError(f"{name} entries must be tables with a string `path` ('module:Class') "
+                          f"and an optional `kwargs` table, got {entry!r}")
+    if ":" not in entry["path"]:
+        raise ConfigError(f"wrapper path must be 'module:Class', got {entry['path']!r}")
+    return {"path": entry["path"], "kwargs": dict(entry.get("kwargs", {}))}
 
 
 def from_dict(values: dict[str, Any]) -> Config:

@@ -23,8 +23,34 @@ EnvSource = str | gym.Env | Callable[[], gym.Env] | VectorEnv
 NATIVE_MIN_ENVS = 8
 
 
-def _make_one(spec: EnvSpec) -> gym.Env:
-    return gym.make(spec)
+def load_wrapper(path: str) -> Callable[..., gym.Env]:
+    """The wrapper class (or function) a 'module:Name' path names."""
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except Exception as e:
+        raise ConfigError(f"cannot load wrapper {path!r}: {type(e).__name__}: {e}") from None
+
+
+def make_env(cfg: Config, spec: EnvSpec | None = None, **make_kwargs: Any) -> gym.Env:
+    """One env as the config describes it: gymnasium.make with its env_kwargs, then its
+    wrappers in order. Errors are one line naming what failed."""
+    spec = spec or env_spec(cfg.env_id)
+    try:
+        env = gym.make(spec, **cfg.env_kwargs, **make_kwargs)
+    except Exception as e:  # an env's constructor can raise anything
+        given = f" with {cfg.env_kwargs}" if cfg.env_kwargs else ""
+        raise ConfigError(f"cannot make env {cfg.env_id!r}{given}: "
+                          f"{type(e).__name__}: {e}") from None
+    for wrapper in cfg.wrappers:
+        try:
+            env = load_wrapper(wrapper["path"])(env, **wrapper["kwargs"])
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"wrapper {wrapper['path']!r} failed on {cfg.env_id!r}: "
+                              f"{type(e).__name__}: {e}") from None
+    return env
 
 
 def _make_replayable(make: Callable[[], gym.Env], index: int) -> gym.Env:
@@ -54,7 +80,8 @@ class InProcessVectorEnv(VectorEnv):
 
     Same-step autoreset semantics as Gymnasium's SyncVectorEnv, whose generic per-step
     info merging and copying cost ~17 us a step on LunarLander (as much as a third of the
-    env itself). The only info kept is what training needs: "final_obs" and its mask.
+    env itself). The only info kept is what training needs, in Gymnasium's batched layout:
+    "final_obs" and "final_info" where episodes ended, and "action_mask" where envs give one.
     """
 
     def __init__(self, env_fns: list[Callable[[], gym.Env]]) -> None:
@@ -82,9 +109,13 @@ class InProcessVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
-        obs = [env.reset(seed=s, options=options)[0]
-               for env, s in zip(self.envs, seeds, strict=True)]
-        return self._batch(obs), {}
+        obs, info = [], {}
+        for i, (env, s) in enumerate(zip(self.envs, seeds, strict=True)):
+            o, env_info = env.reset(seed=s, options=options)
+            obs.append(o)
+            if "action_mask" in env_info:
+                info = self._add_info(info, {"action_mask": env_info["action_mask"]}, i)
+        return self._batch(obs), info
 
     def step(self, actions: Any):
         obs, rewards, terminated, truncated = [], [], [], []
@@ -92,13 +123,12 @@ class InProcessVectorEnv(VectorEnv):
         if not self._plain_actions:
             actions = list(iterate(self.action_space, actions))
         for i, env in enumerate(self.envs):
-            o, reward, term, trunc, _ = env.step(actions[i])
+            o, reward, term, trunc, env_info = env.step(actions[i])
             if term or trunc:
-                if not info:
-                    n = self.num_envs
-                    info = {"final_obs": np.full(n, None, object), "_final_obs": np.zeros(n, bool)}
-                info["final_obs"][i], info["_final_obs"][i] = o, True
-                o, _ = env.reset()
+                info = self._add_info(info, {"final_obs": o, "final_info": env_info}, i)
+                o, env_info = env.reset()
+            if env_info and "action_mask" in env_info:
+                info = self._add_info(info, {"action_mask": env_info["action_mask"]}, i)
             obs.append(o)
             rewards.append(reward)
             terminated.append(term)
@@ -107,7 +137,7 @@ class InProcessVectorEnv(VectorEnv):
                 np.array(truncated, bool), info)
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        return tuple(getattr(env, name)(*args, **kwargs) for env in self.envs)
+        return tuple(env.get_wrapper_attr(name)(*args, **kwargs) for env in self.envs)
 
     def close_extras(self, **kwargs) -> None:
         for env in self.envs:
@@ -132,19 +162,31 @@ def make_vector_env(cfg: Config, source: EnvSource | None = None) -> VectorEnv:
     else:
         spec = env_spec(cfg.env_id)
         if mode == "auto":
-            native = spec.vector_entry_point is not None and cfg.num_envs >= NATIVE_MIN_ENVS
+            native = (spec.vector_entry_point is not None and cfg.num_envs >= NATIVE_MIN_ENVS
+                      and not cfg.wrappers)
             mode = "native" if native else "sync"
         if mode == "native":
             if spec.vector_entry_point is None:
                 raise ConfigError(f"{cfg.env_id} has no native vectorized implementation")
-            return gym.make_vec(spec, cfg.num_envs, vectorization_mode="vector_entry_point")
-        env_fns = [partial(_make_one, spec)] * cfg.num_envs
+            if cfg.wrappers:
+                raise ConfigError("wrappers apply to single envs; use vector sync or async")
+            try:
+                return gym.make_vec(spec, cfg.num_envs, vectorization_mode="vector_entry_point",
+                                    **cfg.env_kwargs)
+            except Exception as e:
+                raise ConfigError(f"cannot make env {cfg.env_id!r}: {type(e).__name__}: "
+                                  f"{e}") from None
+        if mode == "async":  # the workers build their envs out of reach: check one here
+            make_env(cfg, spec).close()
+        env_fns = [partial(make_env, cfg, spec)] * cfg.num_envs
     env_fns = [partial(_make_replayable, fn, i) for i, fn in enumerate(env_fns)]
     try:
         if mode == "async":
             envs = gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
         else:
             envs = InProcessVectorEnv(env_fns)
+    except ConfigError:
+        raise
     except Exception as e:  # an env's constructor can raise anything; report it as one line
         raise ConfigError(f"cannot make env {cfg.env_id!r}: {type(e).__name__}: {e}") from None
     envs.replayable_episodes = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import sys
 from pathlib import Path
@@ -71,11 +72,11 @@ class MetricsLogger:
         self.verbose, self.health = verbose, HealthCheck(clipfrac=check_clipfrac)
         self.csv_file = self.writer = self.tb = None
         if run_dir is not None:
-            path = Path(run_dir) / "metrics.csv"
+            self.path = path = Path(run_dir) / "metrics.csv"
             _truncate_after(path, first_update - 1)
             new = not path.exists()
-            self.csv_file = open(path, "a", newline="")  # noqa: SIM115 (held for the run)
-            self.writer = csv.DictWriter(self.csv_file, fieldnames=COLUMNS, extrasaction="ignore")
+            self.columns = list(COLUMNS) if new else _header(path)
+            self._open()
             if new:
                 self.writer.writeheader()
             if tensorboard:
@@ -87,14 +88,36 @@ class MetricsLogger:
             self.bar = tqdm(total=total_updates, initial=first_update - 1, unit="update",
                             dynamic_ncols=True, leave=False)
 
+    def _open(self) -> None:
+        self.csv_file = open(self.path, "a", newline="")  # noqa: SIM115 (held for the run)
+        self.writer = csv.DictWriter(self.csv_file, fieldnames=self.columns, restval="")
+
+    def _add_columns(self, new: list[str]) -> None:
+        """Columns first seen mid-run (an env's episode info): the file is rewritten with
+        the wider header, earlier rows with empty cells there."""
+        self.csv_file.close()
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))[1:]
+        self.columns += new
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(self.columns)
+        writer.writerows(r + [""] * (len(self.columns) - len(r)) for r in rows)
+        write_atomic(self.path, text.getvalue().encode())
+        self._open()
+
     def log(self, row: dict[str, Any]) -> None:
         if self.writer is not None:
+            new = [k for k in row if k not in self.columns]
+            if new:
+                self._add_columns(new)
             self.writer.writerow({k: _fmt(v) for k, v in row.items()})
             self.csv_file.flush()
         if self.tb is not None:
             for key, value in row.items():
                 if key not in ("update", "global_step") and not math.isnan(value):
-                    self.tb.add_scalar(f"ppo/{key}", value, row["global_step"])
+                    tag = key if "/" in key else f"ppo/{key}"
+                    self.tb.add_scalar(tag, value, row["global_step"])
         if self.verbose:
             for line in [console_line(row), *self.health.check(row)]:
                 if self.bar is not None:
@@ -111,6 +134,11 @@ class MetricsLogger:
             self.tb.close()
         if self.csv_file is not None:
             self.csv_file.close()
+
+
+def _header(path: Path) -> list[str]:
+    with open(path, newline="") as f:
+        return next(csv.reader(f), None) or list(COLUMNS)
 
 
 def _fmt(value: Any) -> Any:

@@ -36,15 +36,17 @@ class Policy:
     def noise(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
         return distributions.draw_noise(self.spec, rng, shape)
 
-    def sample(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        """Actions (N, columns) for an (N, width) batch, given its (N, params) slice of noise."""
-        return distributions.sample(self.spec, self.params(obs), self.std, noise)
+    def sample(self, obs: np.ndarray, noise: np.ndarray,
+               mask: np.ndarray | None = None) -> np.ndarray:
+        """Actions (N, columns) for an (N, width) batch, given its (N, params) slice of noise
+        and, for masked categorical heads, the (N, mask width) valid actions."""
+        return distributions.sample(self.spec, self.params(obs), self.std, noise, mask)
 
-    def act(self, obs: np.ndarray, rng: np.random.Generator,
-            deterministic: bool = False) -> np.ndarray:
+    def act(self, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False,
+            mask: np.ndarray | None = None) -> np.ndarray:
         if deterministic:
-            return distributions.mode(self.spec, self.params(obs))
-        return self.sample(obs, self.noise(rng, (len(obs),)))
+            return distributions.mode(self.spec, self.params(obs), mask)
+        return self.sample(obs, self.noise(rng, (len(obs),)), mask)
 
 
 class NumpyPolicy(Policy):

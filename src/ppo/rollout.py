@@ -43,16 +43,20 @@ class Rollout:
     last_obs: np.ndarray  # (N, width): s_T, the bootstrap observation
     final_steps: tuple[np.ndarray, np.ndarray]  # (t, n) of SAME_STEP episode ends
     final_obs: np.ndarray  # (F, width): the true successor at those steps
+    masks: np.ndarray | None = None  # (T, N, mask width) bool: the valid actions, if masked
 
 
 class EpisodeStats:
-    """Undiscounted returns and lengths of finished episodes, from raw env rewards."""
+    """Undiscounted returns and lengths of finished episodes, from raw env rewards, and the
+    numbers their envs reported in `info` at the end (e.g. is_success)."""
 
     def __init__(self, num_envs: int, window: int = 100) -> None:
         self.returns = np.zeros(num_envs, np.float64)
         self.lengths = np.zeros(num_envs, np.int64)
         self.recent: deque[tuple[float, int]] = deque(maxlen=window)
+        self.info: dict[str, deque[float]] = {}
         self.episodes = 0
+        self.window = window
 
     def record(self, rewards: np.ndarray, valid: np.ndarray, ended: np.ndarray) -> None:
         """Add a rollout's (T, N) raw rewards; finished episodes enter `recent` in the order
@@ -77,14 +81,28 @@ class EpisodeStats:
         self.returns[:] = 0.0
         self.lengths[:] = 0
 
+    def record_info(self, entries: list[dict[str, float]]) -> None:
+        """Add the end-of-episode info numbers of episodes, in the order they ended."""
+        for entry in entries:
+            for key, value in entry.items():
+                self.info.setdefault(key, deque(maxlen=self.window)).append(value)
+
+    def info_means(self) -> dict[str, float]:
+        """Mean of each info number over the last episodes that reported it."""
+        return {f"info/{key}": float(np.mean(values)) for key, values in self.info.items()}
+
     def state(self) -> dict[str, Any]:
         """The finished episodes, for a checkpoint's metadata."""
-        return {"episodes": self.episodes, "recent_episodes": list(self.recent)}
+        return {"episodes": self.episodes, "recent_episodes": list(self.recent),
+                "episode_info": {k: list(v) for k, v in self.info.items()}}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.episodes = state["episodes"]
         self.recent.clear()
         self.recent.extend(tuple(e) for e in state["recent_episodes"])
+        self.info = {}
+        self.record_info([{k: v} for k, values in state.get("episode_info", {}).items()
+                          for v in values])
 
     def mean_return(self) -> float:
         return float(np.mean([r for r, _ in self.recent])) if self.recent else float("nan")
@@ -117,6 +135,10 @@ class Collector:
         self.pending_reset = np.zeros(self.num_envs, bool)
         self.time_env = self.time_act = 0.0
         self._resume: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
+        # Invalid-action masking, for categorical heads: from `info["action_mask"]` or an
+        # `action_masks()` method (sb3-contrib's convention), decided at the first reset.
+        self.mask_from: str | None = None
+        self.mask: np.ndarray | None = None
 
     def start(self, seed: int, replay: bool = True) -> bool:
         """Put the envs where training continues: mid-episode as a loaded checkpoint left
@@ -125,12 +147,39 @@ class Collector:
         resume, self._resume = self._resume, None
         if resume is not None and replay and self._replay(*resume):
             return True
-        raw, _ = self.envs.reset(seed=seed)
+        raw, info = self.envs.reset(seed=seed)
         self.envs.action_space.seed(seed)
         self.obs = self._observe(raw, update=True)
         self.pending_reset[:] = False
         self.episodes.reset_partial()
+        self._find_masks(info)
         return resume is None
+
+    def _find_masks(self, info: dict[str, Any], stored: np.ndarray | None = None) -> None:
+        """Where the envs' action masks come from, and the current ones (`stored`: those a
+        checkpoint kept, for masks that only come in `info`)."""
+        if not self.action_spec.mask_size:
+            return
+        if hasattr(self.envs, "call") and all(self.envs.call("has_wrapper_attr", "action_masks")):
+            self.mask_from = "method"
+        elif "action_mask" in info or stored is not None:
+            self.mask_from = "info"
+        if self.mask_from == "info" and stored is not None:
+            self.mask = stored
+        else:
+            self.mask = None if self.mask_from is None else self._masks(info)
+
+    def _masks(self, info: dict[str, Any]) -> np.ndarray:
+        """The valid actions of each env's current observation, (N, mask width) bool."""
+        if self.mask_from == "method":
+            masks = np.stack(self.envs.call("action_masks"))
+        else:
+            masks = info["action_mask"]
+        masks = np.asarray(masks, bool).reshape(self.num_envs, -1)
+        if masks.shape[1] != self.action_spec.mask_size:
+            raise EnvValueError(f"action masks have {masks.shape[1]} entries per env, the "
+                                f"action space needs {self.action_spec.mask_size}")
+        return masks
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Arrays and metadata for a checkpoint: normalization statistics, finished episodes,
@@ -142,9 +191,12 @@ class Collector:
             if normalizer is not None:
                 arrays.update({f"{prefix}.{k}": v for k, v in normalizer.stats.state().items()})
         meta: dict[str, Any] = {**self.episodes.state(), "collector": {}}
-        snapshots = self.envs.call("snapshot") if self.replayable and self.obs is not None else [None]
+        replayable = self.replayable and self.obs is not None
+        snapshots = self.envs.call("snapshot") if replayable else [None]
         if any(snap is None for snap in snapshots):
             return arrays, meta
+        if self.mask is not None:
+            arrays["collector.mask"] = self.mask
         arrays.update({"collector.obs": self.obs,
                        "collector.episode_returns": self.episodes.returns,
                        "collector.episode_lengths": self.episodes.lengths})
@@ -181,6 +233,7 @@ class Collector:
         if not np.array_equal(obs, arrays["obs"]):
             return False
         self.obs = obs
+        self._find_masks({}, arrays.get("mask"))
         self.pending_reset[:] = False
         self.episodes.returns[:] = arrays["episode_returns"]
         self.episodes.lengths[:] = arrays["episode_lengths"]
@@ -222,7 +275,9 @@ class Collector:
         terminated = np.empty((steps, n), bool)
         episode_end = np.empty((steps, n), bool)
         valid = np.ones((steps, n), bool)
+        masks = None if self.mask is None else np.empty((steps, *self.mask.shape), bool)
         noise = self.policy.noise(self.rng, (steps, n))
+        finished_info: list[dict[str, float]] = []
         final_t: list[int] = []
         final_n: list[np.ndarray] = []
         final_obs: list[np.ndarray] = []
@@ -230,7 +285,9 @@ class Collector:
         for t in range(steps):
             tick = clock()
             obs_buf[t] = self.obs
-            action = self.policy.sample(self.obs, noise[t])
+            if masks is not None:
+                masks[t] = self.mask
+            action = self.policy.sample(self.obs, noise[t], self.mask)
             actions[t] = action
             # Gaussian actions are stored as drawn and clipped only on their way to the env.
             env_action = spec.to_env(action)
@@ -250,21 +307,27 @@ class Collector:
             if self.reward_scaler is not None:
                 rewards[t] = self.reward_scaler(reward, ended, step_valid)
             # Same-step resets put the true successors in info; an empty info means none.
-            if info and not self.next_step_reset and ended.any():
+            if info and ended.any():
                 idx = np.flatnonzero(ended)
-                final_t.append(t)
-                final_n.append(idx)
-                final_obs.append(self._observe(self._stack(list(info["final_obs"][idx])),
-                                               False, global_step + t * n))
+                finished_info += _numbers(info if self.next_step_reset else
+                                          info.get("final_info", {}), idx)
+                if not self.next_step_reset:
+                    final_t.append(t)
+                    final_n.append(idx)
+                    final_obs.append(self._observe(self._stack(list(info["final_obs"][idx])),
+                                                   False, global_step + t * n))
             # Observations steer the next action, so they are checked at once (in _observe);
             # rewards, once for the whole rollout below.
             self.obs = self._observe(raw_obs, True, global_step + t * n)
+            if self.mask_from is not None:
+                self.mask = self._masks(info)
             if self.next_step_reset:
                 self.pending_reset = ended
         if not np.isfinite(raw_rewards).all():
             t = int(np.flatnonzero(~np.isfinite(raw_rewards).all(1))[0])
             _raise_non_finite("reward", raw_rewards[t], global_step + t * n)
         self.episodes.record(raw_rewards, valid, episode_end)
+        self.episodes.record_info(finished_info)
         if final_obs:
             counts = [len(i) for i in final_n]
             steps_idx = (np.repeat(final_t, counts), np.concatenate(final_n))
@@ -275,7 +338,23 @@ class Collector:
         if self.reward_scaler is None:
             rewards[:] = raw_rewards
         return Rollout(obs_buf, actions, rewards, terminated, episode_end, valid,
-                       self.obs.copy(), steps_idx, successors)
+                       self.obs.copy(), steps_idx, successors, masks)
+
+
+def _numbers(info: dict[str, Any], envs: np.ndarray) -> list[dict[str, float]]:
+    """For each env in `envs`, the numeric scalars of a batched info dict (Gymnasium's layout:
+    key -> array over envs, `_key` -> which envs have it)."""
+    found: list[dict[str, float]] = [{} for _ in envs]
+    for key, values in info.items():
+        if key.startswith("_") or not isinstance(values, np.ndarray) or values.ndim != 1:
+            continue
+        if values.dtype.kind not in "biuf" or key in ("final_obs", "action_mask"):
+            continue
+        present = info.get(f"_{key}")
+        for entry, i in zip(found, envs, strict=True):
+            if present is None or present[i]:
+                entry[key] = float(values[i])
+    return found
 
 
 def _dead_worker(envs: VectorEnv, error: Exception) -> EnvWorkerError:

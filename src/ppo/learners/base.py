@@ -57,7 +57,8 @@ class Learner:
     def update(self, batch: Batch, rng: np.random.Generator) -> UpdateStats:
         raise NotImplementedError
 
-    def evaluate(self, obs: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def evaluate(self, obs: np.ndarray, actions: np.ndarray, masks: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
         """log pi(a|s) and V(s) under the current weights, for a whole rollout."""
         raise NotImplementedError
 

@@ -65,17 +65,18 @@ class NumpyPPO(PPOLearner):
         super().load_state(tensors, meta)
         self.bind()
 
-    def evaluate(self, obs: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def evaluate(self, obs: np.ndarray, actions: np.ndarray, masks: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
         fwd = self.net.forward(obs)
         logp = distributions.log_prob_entropy_np(self.spec, fwd.params, self.net.log_std,
-                                                 actions).logp
+                                                 actions, masks).logp
         return logp, fwd.values
 
     def values(self, obs: np.ndarray) -> np.ndarray:
         return self.net.values(obs)
 
     def load(self, batch: Batch) -> None:
-        self.obs, self.actions = batch.obs, batch.actions
+        self.obs, self.actions, self.masks = batch.obs, batch.actions, batch.masks
         self.logp_old, self.old_values = batch.logp_old, batch.values
         self.set_targets(batch.advantages, batch.returns)
 
@@ -85,8 +86,9 @@ class NumpyPPO(PPOLearner):
     def step(self, index: np.ndarray) -> StepStats:
         cfg = self.cfg
         fwd = self.net.forward(self.obs[index])
-        dist = distributions.log_prob_entropy_np(self.spec, fwd.params, self.net.log_std,
-                                                 self.actions[index])
+        dist = distributions.log_prob_entropy_np(
+            self.spec, fwd.params, self.net.log_std, self.actions[index],
+            None if self.masks is None else self.masks[index])
         # The ablation: pi_old taken from the current weights makes every ratio exactly 1.
         logp_old = dist.logp if cfg.old_logprobs_from_current else self.logp_old[index]
         log_ratio = dist.logp - logp_old

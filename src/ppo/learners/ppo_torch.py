@@ -13,12 +13,13 @@ from ppo.networks import ActorCritic
 
 
 @torch.no_grad()
-def evaluate(model: ActorCritic, obs: np.ndarray, actions: np.ndarray
-             ) -> tuple[np.ndarray, np.ndarray]:
+def evaluate(model: ActorCritic, obs: np.ndarray, actions: np.ndarray,
+             masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """log pi(a|s) and V(s) of a whole rollout, in torch on the model's device."""
     device = next(model.parameters()).device
-    logp, _, values = model.evaluate(torch.as_tensor(obs, device=device),
-                                     torch.as_tensor(actions, device=device))
+    logp, _, values = model.evaluate(
+        torch.as_tensor(obs, device=device), torch.as_tensor(actions, device=device),
+        None if masks is None else torch.as_tensor(masks, device=device))
     return logp.cpu().numpy(), values.cpu().numpy()
 
 
@@ -36,14 +37,16 @@ class TorchPPO(PPOLearner):
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(array, device=self.device)
 
-    def evaluate(self, obs: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return evaluate(self.model, obs, actions)
+    def evaluate(self, obs: np.ndarray, actions: np.ndarray, masks: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        return evaluate(self.model, obs, actions, masks)
 
     def values(self, obs: np.ndarray) -> np.ndarray:
         return values(self.model, obs)
 
     def load(self, batch: Batch) -> None:
         self.obs, self.actions = self._tensor(batch.obs), self._tensor(batch.actions)
+        self.masks = None if batch.masks is None else self._tensor(batch.masks)
         self.logp_old, self.old_values = self._tensor(batch.logp_old), self._tensor(batch.values)
         self.set_targets(batch.advantages, batch.returns)
 
@@ -52,7 +55,8 @@ class TorchPPO(PPOLearner):
 
     def step(self, index: np.ndarray) -> StepStats:
         cfg, mb = self.cfg, self._tensor(index)
-        logp, entropy, values = self.model.evaluate(self.obs[mb], self.actions[mb])
+        logp, entropy, values = self.model.evaluate(
+            self.obs[mb], self.actions[mb], None if self.masks is None else self.masks[mb])
         # The ablation: pi_old taken from the current weights makes every ratio exactly 1.
         logp_old = logp.detach() if cfg.old_logprobs_from_current else self.logp_old[mb]
         log_ratio = logp - logp_old

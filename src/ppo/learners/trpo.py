@@ -20,9 +20,9 @@ from torch.nn.utils import parameters_to_vector
 from ppo import distributions, objective
 from ppo.advantages import Batch
 from ppo.config import Config
+from ppo.learners import ppo_torch
 from ppo.learners.base import Learner, StepStats, UpdateStats
 from ppo.learners.ppo_numpy import NumpyPPO
-from ppo.learners import ppo_torch
 from ppo.learners.ppo_torch import TorchPPO
 from ppo.networks import ActorCritic
 
@@ -52,9 +52,10 @@ def frozen(dist: Distribution) -> Distribution:
     return out.detach().clone(), None if log_std is None else log_std.detach().clone()
 
 
-def mean_kl(model: ActorCritic, old: Distribution, new: Distribution) -> Tensor:
+def mean_kl(model: ActorCritic, old: Distribution, new: Distribution,
+            masks: Tensor | None = None) -> Tensor:
     """Mean over states of the exact KL(old || new)."""
-    return distributions.kl_divergence(model.action_spec, old, new).mean()
+    return distributions.kl_divergence(model.action_spec, old, new, masks).mean()
 
 
 def flat_grad(y: Tensor, params: list[Tensor], **kwargs) -> Tensor:
@@ -132,8 +133,9 @@ class TRPO(Learner):
         if isinstance(self.critic_fit, NumpyPPO):
             self.critic_fit.bind()
 
-    def evaluate(self, obs: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return ppo_torch.evaluate(self.model, obs, actions)
+    def evaluate(self, obs: np.ndarray, actions: np.ndarray, masks: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        return ppo_torch.evaluate(self.model, obs, actions, masks)
 
     def values(self, obs: np.ndarray) -> np.ndarray:
         return ppo_torch.values(self.model, obs)
@@ -146,30 +148,31 @@ class TRPO(Learner):
             return torch.as_tensor(array, device=self.device)
 
         obs, actions = tensor(batch.obs), tensor(batch.actions)
+        masks = None if batch.masks is None else tensor(batch.masks)
         advantages, logp_old = tensor(batch.advantages), tensor(batch.logp_old)
         if self.cfg.norm_adv == "minibatch":  # the whole batch is TRPO's one minibatch
             advantages = objective.normalize(advantages)
-        kl, clipfrac, loss_pi, entropy, skipped_pi = self.policy_step(obs, actions, logp_old,
-                                                                      advantages)
+        kl, clipfrac, loss_pi, entropy, skipped_pi = self.policy_step(obs, actions, masks,
+                                                                      logp_old, advantages)
         self.critic_fit.load(batch)
         loss_v, skipped_v = self.fit_value(rng)
         self.count_nonfinite(skipped_pi + skipped_v, "updates")
         step = StepStats(kl, clipfrac, loss_pi, loss_v, entropy, skipped_pi + skipped_v)
         return UpdateStats.of([step], self.cfg.epochs)
 
-    def policy_step(self, obs: Tensor, actions: Tensor, logp_old: Tensor,
+    def policy_step(self, obs: Tensor, actions: Tensor, masks: Tensor | None, logp_old: Tensor,
                     advantages: Tensor) -> tuple[float, float, float, float, int]:
         cfg, params, model = self.cfg, self.actor_params, self.model
 
         def surrogate() -> tuple[Tensor, Tensor, Tensor]:
             """mean(r * A) plus the entropy bonus, the ratio, the entropy."""
-            logp, entropy, _ = model.evaluate(obs, actions)
+            logp, entropy, _ = model.evaluate(obs, actions, masks)
             ratio = torch.exp(logp - logp_old)
             return (ratio * advantages).mean() + cfg.ent_coef * entropy.mean(), ratio, entropy
 
         old = frozen(policy_distribution(model, obs))
         g = flat_grad(surrogate()[0], params)
-        kl = mean_kl(model, old, policy_distribution(model, obs))
+        kl = mean_kl(model, old, policy_distribution(model, obs), masks)
         fvp = fisher_vector_product(kl, params, cfg.cg_damping)
         direction = conjugate_gradient(fvp, g, cfg.cg_iters)
         # Scale so the quadratic model of the KL, s'Fs / 2, sits exactly at max_kl.
@@ -182,7 +185,7 @@ class TRPO(Learner):
             def evaluate(x: Tensor) -> tuple[float, float]:
                 assign(params, x)
                 value = surrogate()[0].item()
-                return value, mean_kl(model, old, policy_distribution(model, obs)).item()
+                return value, mean_kl(model, old, policy_distribution(model, obs), masks).item()
 
             x, _ = line_search(evaluate, parameters_to_vector(params).detach(), fullstep,
                                cfg.max_kl, cfg.line_search_steps)
@@ -192,7 +195,7 @@ class TRPO(Learner):
 
         with torch.no_grad():
             _, ratio, entropy = surrogate()
-            return (mean_kl(model, old, policy_distribution(model, obs)).item(),
+            return (mean_kl(model, old, policy_distribution(model, obs), masks).item(),
                     objective.clip_fraction(ratio, cfg.clip_eps).item(),
                     -(ratio * advantages).mean().item(), entropy.mean().item(), skipped)
 
@@ -204,7 +207,8 @@ class TRPO(Learner):
         for _ in range(cfg.epochs):
             order = rng.permutation(n)
             for first in range(0, n, cfg.minibatch_size):
-                loss, applied = self.critic_fit.value_step(order[first : first + cfg.minibatch_size])
+                index = order[first : first + cfg.minibatch_size]
+                loss, applied = self.critic_fit.value_step(index)
                 if applied:
                     losses.append(loss)
                 else:
