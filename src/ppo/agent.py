@@ -26,7 +26,7 @@ from ppo.distributed import join_from_env
 from ppo.envs import EnvSource, make_vector_env
 from ppo.learners import make_learner
 from ppo.metrics import MetricsLogger
-from ppo.networks import ActorCritic
+from ppo.networks import ActorCritic, FeaturesExtractor, Network, build
 from ppo.normalization import ObsNormalizer, RewardScaler
 from ppo.policy import make_policy
 from ppo.rollout import Collector
@@ -40,7 +40,14 @@ Callback = Callable[[dict[str, Any], "PPO"], bool | None]
 class PPO:
     """PPO-Clip agent: `PPO(Config(env_id=...)).learn()`, then `predict`, `save`, `PPO.load`."""
 
-    def __init__(self, config: Config, env: EnvSource | None = None, verbose: bool = True) -> None:
+    def __init__(self, config: Config, env: EnvSource | None = None, verbose: bool = True,
+                 features_extractor: FeaturesExtractor | None = None,
+                 network: Network | None = None) -> None:
+        """`env`: an env id through config.env_id, or a gymnasium.Env, a factory of them, or
+        a VectorEnv. `features_extractor(obs_width)` returns a torch module whose output feeds
+        the MLPs; `network(obs_width, action_spec)` returns a whole actor-critic module whose
+        forward gives (distribution parameters, value). Either trains on the torch learner;
+        `PPO.load` needs the same one again."""
         self.config = cfg = config.validate()
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("device cuda requested but torch sees no CUDA device")
@@ -63,7 +70,12 @@ class PPO:
             print(f"note: observation parts {', '.join(self.encoder.dropped)} are text and are "
                   "not shown to the networks", file=sys.stderr)
         self.action_spec = ActionSpec(self.envs.single_action_space)
-        self.model = ActorCritic(self.encoder.width, self.action_spec, cfg).to(self.device)
+        self.model = build(self.encoder.width, self.action_spec, cfg, features_extractor,
+                           network).to(self.device)
+        if cfg.algo == "trpo" and (type(self.model) is not ActorCritic
+                                   or self.model.encoder is not None):
+            raise ConfigError("algo trpo needs the built-in actor and critic networks")
+        self.custom_network = features_extractor is not None or network is not None
         self.learner = make_learner(cfg, self.model, self.replicas)
         self.obs_normalizer = (ObsNormalizer(self.encoder.normalized_columns, cfg.obs_clip)
                                if cfg.normalize_obs else None)
@@ -203,8 +215,10 @@ class PPO:
 
     @classmethod
     def load(cls, path: str | Path, env: EnvSource | None = None, verbose: bool = False,
+             features_extractor: FeaturesExtractor | None = None, network: Network | None = None,
              **overrides: Any) -> PPO:
-        """Rebuild an agent from a checkpoint file, or from a run directory's latest one."""
+        """Rebuild an agent from a checkpoint file, or from a run directory's latest one (with
+        the same feature extractor or network, if it was trained with one)."""
         path = Path(path)
         if path.is_dir():
             path = checkpoint.latest_checkpoint(path)
@@ -212,7 +226,8 @@ class PPO:
         # A file's own idea of where its run lives is never trusted with writes: a loaded
         # agent writes nowhere unless given a run_dir (resume passes the directory it read).
         stored = {k: v for k, v in meta["config"].items() if k != "run_dir"}
-        agent = cls(checkpoint.config_of(stored, overrides, path), env=env, verbose=verbose)
+        agent = cls(checkpoint.config_of(stored, overrides, path), env=env, verbose=verbose,
+                    features_extractor=features_extractor, network=network)
         checkpoint.restore(agent, tensors, meta, path)
         return agent
 

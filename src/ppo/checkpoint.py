@@ -145,6 +145,7 @@ def agent_state(agent: PPO) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         "rng": {"action": agent.action_rng.bit_generator.state,
                 "shuffle": agent.shuffle_rng.bit_generator.state},
         "spaces": _spaces(agent),
+        "custom_network": agent.custom_network,
         "saved_at": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     return tensors, meta
@@ -172,6 +173,11 @@ def restore(agent: PPO, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
         raise CheckpointError(
             f"{source} was trained on observation/action spaces {meta['spaces']}, "
             f"this env has {expected}")
+    if meta.get("custom_network", False) != agent.custom_network:
+        raise CheckpointError(
+            f"{source} was trained with a user's feature extractor or network: pass the same "
+            "one to PPO.load" if meta.get("custom_network") else
+            f"{source} was trained with the built-in network, not the one given")
     model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         agent.model.load_state_dict(model_state)

@@ -99,7 +99,8 @@ class Config:
         "loss or gradient (each one is skipped, not applied)."
     )
 
-    hidden_sizes: list[int] = _f([64, 64], "Hidden layer widths of each MLP.")
+    hidden_sizes: list[int] = _f(
+        [64, 64], "Hidden layer widths of each MLP (none: the heads act on the features).")
     actor_hidden_sizes: list[int] | None = _f(
         None, "Hidden widths of the actor when the networks are separate (default: hidden_sizes)."
     )
@@ -176,7 +177,7 @@ class Config:
             )
         for name in ("hidden_sizes", "actor_hidden_sizes", "critic_hidden_sizes"):
             sizes = getattr(self, name)
-            if sizes is not None and (not sizes or any(h < 1 for h in sizes)):
+            if sizes is not None and any(h < 1 for h in sizes):
                 raise ConfigError(f"{name} must be positive widths, got {sizes}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")

@@ -21,8 +21,9 @@ Layer = tuple[np.ndarray, np.ndarray]  # weight as (inputs, outputs), bias
 
 
 def supports(model: nn.Module) -> bool:
-    """True for the networks this back end computes: our MLP actor-critic."""
-    return type(model) is ActorCritic and model.activation in ("tanh", "relu")
+    """True for the networks this back end computes: our MLP actor-critic, no extractor."""
+    return (type(model) is ActorCritic and model.encoder is None
+            and model.activation in ("tanh", "relu"))
 
 
 def _activate(name: str, x: np.ndarray) -> None:
