@@ -1,4 +1,4 @@
-"""The `ppo` command: train, eval, presets, plot, layers."""
+"""The `ppo` command: train, eval, presets, plot, experiment, reference."""
 
 from __future__ import annotations
 
@@ -183,7 +183,8 @@ def main() -> None:
 @_config_options
 def train(config_file: Path | None, preset: str | None, resume_dir: Path | None, quiet: bool,
           nproc: int | None, **flags: Any) -> None:
-    """Train an agent. Plain `ppo train` trains LunarLander-v3 with the seed's settings."""
+    """Train an agent. Plain `ppo train` trains LunarLander-v3 with the standard PPO settings
+    (Schulman et al. 2017)."""
     from ppo.agent import PPO
     from ppo.signals import Interrupted
 
@@ -314,14 +315,16 @@ def experiment(name: str, out: Path, seeds: int | None, steps: int | None, jobs:
 
 
 @main.command()
-@click.argument("layer", type=click.Choice(["numpy"]))
+@click.argument("implementation", type=click.Choice(["numpy"]))
 @click.option("--env", "env_id", default="CartPole-v1", show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--iterations", default=300, show_default=True, type=click.IntRange(min=1))
 @click.option("--target-return", type=float, default=475.0, show_default=True,
               help="Stop once the mean return of the last 100 episodes reaches this.")
-def layers(layer: str, env_id: str, seed: int, iterations: int, target_return: float) -> None:
-    """The seed's first layer: PPO-Clip in NumPy with hand-derived gradients."""
+def reference(implementation: str, env_id: str, seed: int, iterations: int,
+              target_return: float) -> None:
+    """Reference implementations: `numpy` is PPO-Clip in NumPy alone, a linear softmax policy
+    with the clipped surrogate's gradient derived by hand (no autograd)."""
     from ppo.reference.numpy_ppo import train as numpy_train
 
     _run_guarded(lambda: numpy_train(env_id=env_id, seed=seed, iterations=iterations,
