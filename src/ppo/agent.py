@@ -8,6 +8,7 @@ promote the new policy to pi_old. With algo trpo the optimization is TRPO's step
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -15,15 +16,18 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium.vector import VectorEnv
 from threadpoolctl import threadpool_limits
 
 from ppo import checkpoint
 from ppo.advantages import prepare_batch
 from ppo.config import Config, ConfigError
 from ppo.distributed import join_from_env
-from ppo.envs import EnvSource, make_vector_env
+from ppo.envs import EnvSource, make_env, make_vector_env
+from ppo.evaluation import Evaluator
 from ppo.learners import make_learner
 from ppo.metrics import MetricsLogger
 from ppo.networks import ActorCritic, FeaturesExtractor, Network, build
@@ -65,6 +69,7 @@ class PPO:
         threadpool_limits(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.envs = make_vector_env(cfg, env)
+        self._make_env = _single_env_maker(cfg, env)
         self.encoder = ObsEncoder(self.envs.single_observation_space)
         if self.encoder.dropped and self.verbose:
             print(f"note: observation parts {', '.join(self.encoder.dropped)} are text and are "
@@ -91,6 +96,7 @@ class PPO:
                                    self.action_rng, self.obs_normalizer, reward_scaler)
         self.global_step = 0
         self.update = 0
+        self.best_eval_return = -math.inf
         # Rank 0 alone writes the run directory: metrics, TensorBoard, config, checkpoints.
         self.run_dir = Path(cfg.run_dir) if cfg.run_dir and self.rank == 0 else None
         self._envs_ready = False
@@ -172,22 +178,48 @@ class PPO:
         total_updates = self.update + max(0, -(-(end_step - self.global_step) // steps_per_update))
         logger = MetricsLogger(self.run_dir, self.verbose, cfg.tensorboard,
                                total_updates, self.update + 1, cfg.algo == "ppo")
+        evaluator = None if cfg.eval_every is None else Evaluator(
+            self._make_env, cfg.eval_every, cfg.eval_episodes, cfg.eval_deterministic, cfg.seed)
         try:
             with StopSignals() as signals:
                 while self.global_step < end_step and not self._stopping(signals):
                     row = self.iteration()
+                    if evaluator is not None and evaluator.due(self.update):
+                        row.update(self._evaluate(evaluator))
                     logger.log(row)
                     if self.run_dir is not None and self.update % cfg.checkpoint_every == 0:
                         checkpoint.write(self)
                     if callback is not None and callback(row, self) is False:
                         break
+                    if self._target_reached(row, evaluator):
+                        break
             if self.run_dir is not None:
                 checkpoint.write(self)
         finally:
             logger.close()
+            if evaluator is not None:
+                evaluator.close()
         if signals.received is not None:
             raise Interrupted(signals.received, self.update)
         return self
+
+    def _evaluate(self, evaluator: Evaluator) -> dict[str, float]:
+        """An evaluation's columns; the best one so far is kept as checkpoints/best."""
+        if self._make_env is None:
+            raise ConfigError("evaluation during training needs an env id or an env factory, "
+                              "not an Env or VectorEnv instance")
+        result = evaluator.run(self)
+        if result["eval_return"] > self.best_eval_return:
+            self.best_eval_return = result["eval_return"]
+            if self.run_dir is not None:
+                checkpoint.save(self, checkpoint.best_path(self.run_dir))
+        return result
+
+    def _target_reached(self, row: dict[str, Any], evaluator: Evaluator | None) -> bool:
+        """stop_at_return, against the evaluation when there is one, else the training mean."""
+        target = self.config.stop_at_return
+        score = row.get("eval_return", math.nan) if evaluator else row["episodic_return"]
+        return target is not None and score >= target
 
     def _stopping(self, signals: StopSignals) -> bool:
         """True once a stop signal arrived, on any rank: all stop after the same update."""
@@ -196,16 +228,18 @@ class PPO:
         return signals.received is not None
 
     def predict(self, obs: Any, state: Any = None, episode_start: Any = None,
-                deterministic: bool = False, action_masks: Any = None) -> tuple[Any, Any]:
+                deterministic: bool = False, action_masks: Any = None,
+                rng: np.random.Generator | None = None) -> tuple[Any, Any]:
         """Action(s) for one raw observation or a batch, with observation normalization
         applied (frozen), and the recurrent state (None: this policy has none).
-        `action_masks`: the valid actions, as the env gives them (masked policies)."""
+        `action_masks`: the valid actions, as the env gives them (masked policies); `rng`:
+        the stream sampled actions draw from (default: the agent's own)."""
         one = self.encoder.batch_of_one(obs)
         x = self.encoder(obs if one is None else one)
         if self.obs_normalizer is not None:
             x = self.obs_normalizer(x)
         mask = None if action_masks is None else np.asarray(action_masks, bool).reshape(len(x), -1)
-        flat = self.policy.act(x, self.action_rng, deterministic, mask)
+        flat = self.policy.act(x, rng or self.action_rng, deterministic, mask)
         actions = self.action_spec.to_env(flat)
         return (actions if one is None else self.action_spec.one_env(actions, 0)), None
 
@@ -244,3 +278,12 @@ class PPO:
         self.envs.close()
         if self.replicas is not None:
             self.replicas.close()
+
+
+def _single_env_maker(cfg: Config, source: EnvSource | None) -> Callable[[], Any] | None:
+    """How to build one more env like the training ones (for evaluation), if there is a way."""
+    if source is None:
+        return lambda: make_env(cfg)
+    if callable(source) and not isinstance(source, gym.Env | VectorEnv):
+        return source
+    return None

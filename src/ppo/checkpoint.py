@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -105,6 +106,11 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raise CheckpointError(f"{path} is corrupted: unreadable metadata ({e})") from None
 
 
+def best_path(run_dir: Path) -> Path:
+    """Where the best evaluation's agent is kept, beside the numbered checkpoints."""
+    return Path(run_dir) / "checkpoints" / "best.safetensors"
+
+
 def checkpoint_path(run_dir: Path, update: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"update_{update:06d}.safetensors"
 
@@ -140,6 +146,8 @@ def agent_state(agent: PPO) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         "config": agent.config.to_dict(),
         "update": agent.update,
         "global_step": agent.global_step,
+        "best_eval_return": (None if math.isinf(agent.best_eval_return)
+                             else agent.best_eval_return),
         **learner_meta,
         **collector_meta,
         "rng": {"action": agent.action_rng.bit_generator.state,
@@ -194,6 +202,8 @@ def restore(agent: PPO, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
         .bit_generator.state)
     agent.shuffle_rng.bit_generator.state = meta["rng"]["shuffle"]
     agent.update, agent.global_step = meta["update"], meta["global_step"]
+    best = meta.get("best_eval_return")
+    agent.best_eval_return = -math.inf if best is None else best
     agent._envs_ready = False
     agent.policy.promote(agent.model)
 

@@ -21,7 +21,8 @@ from ppo.config import Config, ConfigError, from_dict, load_toml
 
 # Settings that may change when a run is resumed; the rest define the run.
 RESUMABLE = {"total_timesteps", "device", "threads", "checkpoint_every", "tensorboard",
-             "dist_timeout"}
+             "dist_timeout", "eval_every", "eval_episodes", "eval_deterministic",
+             "stop_at_return"}
 OPTION_NAMES = {"env_id": "--env", "wrappers": "--wrapper"}
 
 
@@ -62,7 +63,8 @@ def _config_options(command: Callable) -> Callable:
             command = click.option(name, f.name, multiple=True, metavar=metavar,
                                    help=f"{f.metadata['help']}  [default: none]")(command)
             continue
-        kind: Any = {"int": int, "float": float, "float | None": float}.get(f.type, str)
+        kind: Any = {"int": int, "int | None": int, "float": float,
+                     "float | None": float}.get(f.type, str)
         if "choices" in f.metadata:
             kind = click.Choice(f.metadata["choices"])
         metavar = "W1,W2" if f.type.startswith("list[int]") else None
@@ -235,7 +237,8 @@ def train(config_file: Path | None, preset: str | None, resume_dir: Path | None,
 @main.command("eval")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--episodes", default=100, show_default=True, type=click.IntRange(min=1))
-@click.option("--deterministic", is_flag=True, help="Take the mode of the policy.")
+@click.option("--deterministic/--stochastic", default=True, show_default=True,
+              help="Take the policy's most likely action, or sample it.")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
               help="Checkpoint file (default: the run's latest).")
 @click.option("--seed", default=10_000, show_default=True,

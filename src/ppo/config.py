@@ -8,6 +8,7 @@ feed `ppo train --help` directly.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,6 +137,16 @@ class Config:
 
     run_dir: str | None = _f(None, "Run directory (default runs/<env>__<seed>__<time>).")
     checkpoint_every: int = _f(50, "Write a checkpoint every N updates (and always at the end).")
+    eval_every: int | None = _f(
+        None, "Evaluate every N updates on separate envs with their own seeds (observation "
+        "normalization frozen): eval_return and eval_return_std columns, and "
+        "checkpoints/best.safetensors for the best evaluation; unset: no evaluation.")
+    eval_episodes: int = _f(10, "Episodes per evaluation.")
+    eval_deterministic: bool = _f(
+        True, "Evaluate the policy's most likely actions; --no-eval-deterministic samples.")
+    stop_at_return: float | None = _f(
+        None, "Stop (with a checkpoint) once the evaluation return, or without evaluation the "
+        "mean training return of the last 100 episodes, reaches this.")
     tensorboard: bool = _f(True, "Write TensorBoard event files into the run directory.")
     dist_timeout: float = _f(
         300.0, "Under torchrun: seconds a rank waits for the others in a collective before it "
@@ -154,6 +165,7 @@ class Config:
         """Raise ConfigError naming the first bad value; return self for chaining."""
         positive_ints = ("total_timesteps", "num_envs", "threads", "rollout_steps",
                          "minibatch_size", "epochs", "checkpoint_every", "max_nonfinite_steps",
+                         "eval_episodes",
                          "cg_iters", "line_search_steps")
         for name in positive_ints:
             if getattr(self, name) < 1:
@@ -168,6 +180,10 @@ class Config:
         for name in ("vf_coef", "ent_coef", "max_grad_norm", "cg_damping"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise ConfigError(f"eval_every must be >= 1 when set, got {self.eval_every}")
+        if self.stop_at_return is not None and not math.isfinite(self.stop_at_return):
+            raise ConfigError(f"stop_at_return must be a finite number, got {self.stop_at_return}")
         if self.target_kl is not None and not self.target_kl > 0:
             raise ConfigError(f"target_kl must be > 0 when set, got {self.target_kl}")
         if self.minibatch_size > self.batch_size:
@@ -219,6 +235,7 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
     expected = {
         "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
         "float | None": (int, float), "str | None": (str,), "list[int]": (list,),
+        "int | None": (int,),
         "list[int] | None": (list,), "dict[str, Any]": (dict,), "list[dict[str, Any]]": (list,),
     }[annotation]
     if isinstance(value, bool) and bool not in expected:

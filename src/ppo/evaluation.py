@@ -1,7 +1,11 @@
-"""Evaluation on fresh episodes, with normalization statistics frozen, and video recording."""
+"""Evaluation on fresh episodes, with normalization statistics frozen: after training,
+during training (every `eval_every` updates), and recorded to video."""
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,15 +27,16 @@ def _mask(env: gym.Env, info: dict[str, Any]) -> Any:
 
 
 def run_episode(agent: PPO, env: gym.Env, deterministic: bool, seed: int,
-                on_step: Any = None) -> float:
-    """The undiscounted return of one episode; `on_step(env)` is called before each step."""
+                on_step: Any = None, rng: np.random.Generator | None = None) -> float:
+    """The undiscounted return of one episode; `on_step(env)` is called before each step;
+    sampled actions draw from `rng` (default: the agent's own stream)."""
     obs, info = env.reset(seed=seed)
     total, done = 0.0, False
     while not done:
         if on_step is not None:
             on_step(env)
         action, _ = agent.predict(obs, deterministic=deterministic,
-                                  action_masks=_mask(env, info))
+                                  action_masks=_mask(env, info), rng=rng)
         obs, reward, terminated, truncated, info = env.step(action)
         total += float(reward)
         done = terminated or truncated
@@ -46,6 +51,37 @@ def evaluate(agent: PPO, episodes: int, deterministic: bool, seed: int) -> np.nd
                            for episode in range(episodes)])
     finally:
         env.close()
+
+
+class Evaluator:
+    """Evaluation during training: `episodes` episodes on an env of its own, every `every`
+    updates. Episode seeds and sampling noise come from streams apart from training's, so
+    evaluating changes nothing in training (a resumed run stays exact)."""
+
+    def __init__(self, make: Callable[[], gym.Env], every: int, episodes: int,
+                 deterministic: bool, seed: int, best: float = -math.inf) -> None:
+        self.make, self.every, self.episodes = make, every, episodes
+        self.deterministic, self.seed, self.best = deterministic, seed, best
+        self.env: gym.Env | None = None
+
+    def due(self, update: int) -> bool:
+        return update % self.every == 0
+
+    def run(self, agent: PPO) -> dict[str, float]:
+        """eval_return and eval_return_std of this evaluation, and its duration."""
+        start = time.perf_counter()
+        if self.env is None:
+            self.env = self.make()
+        rng = np.random.default_rng([self.seed, 4, agent.update])
+        seeds = np.random.SeedSequence([self.seed, 3]).generate_state(self.episodes)
+        returns = [run_episode(agent, self.env, self.deterministic, int(s), rng=rng)
+                   for s in seeds]
+        return {"eval_return": float(np.mean(returns)), "eval_return_std": float(np.std(returns)),
+                "time_eval": time.perf_counter() - start}
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
 
 
 def record_video(agent: PPO, path: Path, deterministic: bool, seed: int) -> Path:
