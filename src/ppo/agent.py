@@ -106,8 +106,7 @@ class PPO:
         """One PPO iteration; returns its metrics row."""
         cfg, start = self.config, time.perf_counter()
         self._start_envs()
-        if cfg.anneal_lr:
-            self.learner.set_lr(cfg.lr * (1.0 - self.global_step / cfg.total_timesteps))
+        self.learner.anneal(1.0 - self.global_step / cfg.total_timesteps)
 
         # 1. collect a batch with the current policy, pi_old
         with self._pooled():

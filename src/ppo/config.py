@@ -63,6 +63,7 @@ class Config:
     gamma: float = _f(0.99, "Discount factor.")
     gae_lambda: float = _f(0.95, "GAE bias-variance knob.")
     clip_eps: float = _f(0.2, "Clip range of the importance ratio: [1-eps, 1+eps].")
+    anneal_clip: bool = _f(False, "Decay the clip range linearly to 0 over the run.")
     clip_value: bool = _f(
         True,
         "Clip the value update around the rollout-time value. With a shared trunk it keeps "

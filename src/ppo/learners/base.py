@@ -53,6 +53,7 @@ class Learner:
                  cfg: Config) -> None:
         self.model, self.optimizer, self.cfg = model, optimizer, cfg
         self.nonfinite_streak = 0
+        self.clip_eps = cfg.clip_eps
 
     def update(self, batch: Batch, rng: np.random.Generator) -> UpdateStats:
         raise NotImplementedError
@@ -73,9 +74,14 @@ class Learner:
                 "none was applied, the last checkpoint is intact. Lower lr or check the env's "
                 "rewards")
 
-    def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+    def anneal(self, remaining: float) -> None:
+        """Linear schedules: learning rate and clip range (where annealed) scaled by the
+        fraction of the run still to go."""
+        if self.cfg.anneal_lr:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.lr * remaining
+        if self.cfg.anneal_clip:
+            self.clip_eps = self.cfg.clip_eps * remaining
 
     @property
     def lr(self) -> float:

@@ -96,13 +96,13 @@ class NumpyPPO(PPOLearner):
         advantages = self.advantages[index]
         if cfg.norm_adv == "minibatch" and len(index) > 1:
             advantages = objective.normalize_np(advantages)
-        policy = objective.clipped_surrogate_loss_np(ratio, advantages, cfg.clip_eps)
+        policy = objective.clipped_surrogate_loss_np(ratio, advantages, self.clip_eps)
         value = objective.value_loss_np(fwd.values, self.old_values[index], self.returns[index],
                                         cfg.value_clip_eps if cfg.clip_value else None,
                                         weight=cfg.vf_coef)
         bonus = objective.entropy_bonus_np(dist.entropy, cfg.ent_coef)
         kl, stop = self.kl_over_limit(objective.approx_kl_np(log_ratio, ratio))
-        stats = (kl, objective.clip_fraction_np(ratio, cfg.clip_eps), policy.loss, value.loss,
+        stats = (kl, objective.clip_fraction_np(ratio, self.clip_eps), policy.loss, value.loss,
                  float(dist.entropy.mean()))
         if stop:
             return StepStats(*stats, 0.0)

@@ -64,13 +64,13 @@ class TorchPPO(PPOLearner):
         advantages = self.advantages[mb]
         if cfg.norm_adv == "minibatch" and len(index) > 1:
             advantages = objective.normalize(advantages)
-        loss_pi = objective.clipped_surrogate_loss(ratio, advantages, cfg.clip_eps)
+        loss_pi = objective.clipped_surrogate_loss(ratio, advantages, self.clip_eps)
         loss_v = objective.value_loss(values, self.old_values[mb], self.returns[mb],
                                       cfg.value_clip_eps if cfg.clip_value else None)
         loss = objective.ppo_loss(loss_pi, loss_v, entropy.mean(), cfg.vf_coef, cfg.ent_coef)
         with torch.no_grad():
             kl, clipfrac, *rest = torch.stack([
-                objective.approx_kl(log_ratio), objective.clip_fraction(ratio, cfg.clip_eps),
+                objective.approx_kl(log_ratio), objective.clip_fraction(ratio, self.clip_eps),
                 loss_pi, loss_v, entropy.mean()]).tolist()
         kl, stop = self.kl_over_limit(kl)
         if stop:
