@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from ppo import settings
 from ppo.config import Config, ConfigError, from_dict, load_toml
 
 # Settings that may change when a run is resumed; the rest define the run.
@@ -175,7 +176,11 @@ def main() -> None:
 @main.command()
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="TOML file of settings; flags override it.")
-@click.option("--preset", help="A shipped hyperparameter preset (see `ppo presets`).")
+@click.option("--preset", help="A shipped hyperparameter preset (see `ppo presets`); it "
+              "replaces the env's own settings.")
+@click.option("--env-settings/--no-env-settings", default=True,
+              help="Start from the settings shipped for the env (or for its kind of task), or "
+              "from the plain defaults listed here.  [default: env-settings]")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
               help="Continue the run in this directory from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No per-update lines.")
@@ -183,8 +188,8 @@ def main() -> None:
               help="Train with N processes on this machine, each with its own envs: "
               "runs `torchrun --standalone --nproc-per-node N -m ppo train ...`.")
 @_config_options
-def train(config_file: Path | None, preset: str | None, resume_dir: Path | None, quiet: bool,
-          nproc: int | None, **flags: Any) -> None:
+def train(config_file: Path | None, preset: str | None, env_settings: bool,
+          resume_dir: Path | None, quiet: bool, nproc: int | None, **flags: Any) -> None:
     """Train an agent. Plain `ppo train` trains LunarLander-v3 with the standard PPO settings
     (Schulman et al. 2017)."""
     from ppo.agent import PPO
@@ -209,11 +214,9 @@ def train(config_file: Path | None, preset: str | None, resume_dir: Path | None,
                 click.echo(f"resuming {resume_dir} at update {agent.update}, "
                            f"step {agent.global_step}", err=True)
         else:
-            values = load_preset(preset) if preset else {}
-            if config_file is not None:
-                values.update(load_toml(config_file))
-            values.update(given)
-            cfg = from_dict(values)
+            resolved = settings.resolve(given, load_toml(config_file) if config_file else None,
+                                        load_preset(preset) if preset else None, env_settings)
+            cfg = from_dict(resolved.values)
             if cfg.run_dir is None:
                 cfg = cfg.replace(run_dir=default_run_dir(cfg))
             if (Path(cfg.run_dir) / "config.toml").exists():
@@ -221,6 +224,7 @@ def train(config_file: Path | None, preset: str | None, resume_dir: Path | None,
                     f"{cfg.run_dir} already holds a run; use --resume or another --run-dir")
             agent = PPO(cfg, verbose=not quiet)
             if agent.rank == 0:
+                click.echo(resolved.source, err=True)
                 click.echo(f"run directory: {cfg.run_dir}", err=True)
         try:
             agent.learn()
