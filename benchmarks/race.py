@@ -30,6 +30,7 @@ from that file after every run.
     pip install -e ".[bench]"
     python benchmarks/race.py --impl sb3 --tasks CartPole-v1 Pendulum-v1
     python benchmarks/race.py --impl ppo --ppo-settings CartPole-v1=my_cartpole.toml
+    python benchmarks/race.py --impl ppo --ppo-settings CartPole-v1=zoo   # the Zoo's settings
     python benchmarks/race.py --report          # rewrite the report from the results file
 """
 
@@ -188,16 +189,23 @@ def child_sb3(task: Task, seed: int, settings: str | None, budget_factor: float)
     return watch.result or watch.outcome(False, model.num_timesteps, watch.last_mean)
 
 
-def ppo_settings_values(settings: str) -> dict[str, Any]:
-    """A settings file's values: a path to a TOML file, or the name of a shipped preset."""
+def ppo_settings_values(settings: str, env_id: str) -> tuple[dict[str, Any], list[str]]:
+    """A settings file's values and the proposed keys left out: `settings` is a path to a TOML
+    file, the name of a shipped preset, or `zoo` for the task's file in ppo/settings (the RL
+    Zoo's settings). A file's [proposed] table names what the engine cannot do yet; it is
+    dropped, and the run records what was left out."""
     from importlib import resources
 
     from ppo.config import load_toml
 
     path = Path(settings)
     if not path.exists():
-        path = Path(str(resources.files("ppo.presets") / f"{settings}.toml"))
-    return load_toml(path)
+        package = resources.files("ppo")
+        path = Path(str(package / "settings" / f"{env_id.replace('/', '-')}.toml"
+                        if settings == "zoo" else package / "presets" / f"{settings}.toml"))
+    values = load_toml(path)
+    proposed = values.pop("proposed", {})
+    return values, sorted(proposed)
 
 
 def child_ppo(task: Task, seed: int, settings: str | None, budget_factor: float) -> dict:
@@ -208,7 +216,7 @@ def child_ppo(task: Task, seed: int, settings: str | None, budget_factor: float)
     from ppo.config import from_dict
 
     watch = SolveWatch(task.target, time.process_time(), time.perf_counter())
-    values = ppo_settings_values(settings or task.ppo_preset)
+    values, left_out = ppo_settings_values(settings or task.ppo_preset, task.env_id)
     values.update(env_id=task.env_id, seed=seed, threads=1, run_dir=None, tensorboard=False)
     values["total_timesteps"] = int(values.get("total_timesteps", 1_000_000) * budget_factor)
     cfg = from_dict(values)
@@ -223,7 +231,8 @@ def child_ppo(task: Task, seed: int, settings: str | None, budget_factor: float)
     else:
         while agent.global_step < cfg.total_timesteps and callback(agent.iteration()):
             pass
-    return watch.result or watch.outcome(False, agent.global_step, watch.last_mean)
+    result = watch.result or watch.outcome(False, agent.global_step, watch.last_mean)
+    return {**result, "left_out": left_out}
 
 
 CHILDREN = {"sb3": child_sb3, "ppo": child_ppo}
@@ -314,6 +323,9 @@ def report(results: list[dict]) -> str:
         runs = sorted(groups[key], key=lambda r: r["seed"])
         task, impl, settings, factor = key
         label = settings if factor == 1 else f"{settings}, budget x{factor:g}"
+        left_out = sorted({k for r in runs for k in r.get("left_out", [])})
+        if left_out:
+            label += f" (without {', '.join(left_out)})"
         lines.append(
             f"| {task} | {runs[0]['target']:g} | {impl} | {label} "
             f"| {sum(r['solved'] for r in runs)}/{len(runs)} "
@@ -355,7 +367,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time")
     parser.add_argument("--ppo-settings", nargs="*", default=[], metavar="TASK=FILE",
-                        help="settings file (TOML) or preset name for ppo on TASK")
+                        help="ppo's settings on TASK: a TOML file, a preset name, or 'zoo' "
+                        "for the RL Zoo's settings shipped in ppo/settings")
     parser.add_argument("--budget-factor", type=float, default=1.0,
                         help="multiply each run's budget (SB3: the Zoo's n_timesteps, which "
                         "also stretches its linear schedules)")
