@@ -46,7 +46,8 @@ def test_settings_load_as_a_config_and_name_their_env(path):
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
 def test_settings_say_where_they_come_from(path):
-    header = path.read_text().split("\nenv_id")[0]
+    comments = path.read_text().split("\nenv_id")[0].splitlines()
+    header = " ".join(line.lstrip("#").strip() for line in comments)
     assert "rl_zoo3 2.9.2" in header
     assert "score" in header
 
