@@ -42,6 +42,15 @@ def is_image(space: spaces.Space) -> bool:
     return channels_last or channels_first
 
 
+def is_text(space: spaces.Space) -> bool:
+    """Text, or a space of strings of a library's own (MiniGrid's MissionSpace)."""
+    if isinstance(space, spaces.Text):
+        return True
+    known = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary,
+             spaces.Dict, spaces.Tuple)
+    return not isinstance(space, known) and isinstance(space.sample(), str)
+
+
 def _leaves(space: spaces.Space, path: str) -> list[tuple[str, spaces.Space]]:
     """(path, space) of every part of a nested Dict / Tuple, in Gymnasium's order."""
     if isinstance(space, spaces.Dict):
@@ -68,7 +77,7 @@ class _ObsPart:
 
 def _obs_part(path: str, space: spaces.Space) -> _ObsPart | None:
     name = path.lstrip(".") or "observation"
-    if isinstance(space, spaces.Text):
+    if is_text(space):
         return None
     if is_image(space):
         raise ConfigError(f"observation part {name} is an image {space.shape}: image "
@@ -95,7 +104,7 @@ class ObsEncoder:
     def __init__(self, space: spaces.Space) -> None:
         self.space = space
         found = [(path, sub) for path, sub in _leaves(space, "")]
-        self.dropped = [path.lstrip(".") for path, sub in found if isinstance(sub, spaces.Text)]
+        self.dropped = [path.lstrip(".") for path, sub in found if is_text(sub)]
         self.parts = [part for path, sub in found if (part := _obs_part(path, sub)) is not None]
         if not self.parts:
             raise ConfigError("the observation space has no part ppo can use: "

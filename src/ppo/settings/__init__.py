@@ -31,7 +31,8 @@ def _file(*parts: str) -> Path:
 
 
 def task_file(env_id: str) -> Path | None:
-    path = _file(env_id.replace("/", "-") + ".toml")
+    """The settings shipped for a task ('module:' prefixes aside), if any."""
+    path = _file(env_id.rpartition(":")[2].replace("/", "-") + ".toml")
     return path if path.is_file() else None
 
 
@@ -79,6 +80,5 @@ def resolve(flags: dict[str, Any], config_file: dict[str, Any] | None = None,
         batch = (values.get("rollout_steps", Config.rollout_steps)
                  * values.get("num_envs", Config.num_envs))
         values["minibatch_size"] = min(values["minibatch_size"], batch)
-    if "env_id" not in values:
-        values["env_id"] = env_id
+    values["env_id"] = env_id
     return Resolved(values, source)
