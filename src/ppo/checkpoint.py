@@ -95,6 +95,11 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         raise CheckpointError(f"{path} is corrupted: unreadable metadata ({e})") from None
 
 
+def holds_run(run_dir: Path) -> bool:
+    """Whether a run was started in this directory (a fresh run must not reuse it)."""
+    return (Path(run_dir) / "config.toml").is_file()
+
+
 def checkpoint_path(run_dir: Path, update: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"update_{update:06d}.safetensors"
 

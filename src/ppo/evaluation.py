@@ -9,6 +9,7 @@ import gymnasium as gym
 import numpy as np
 
 from ppo.envs import env_spec
+from ppo.extras import require
 
 if TYPE_CHECKING:
     from ppo.trainer import PPO
@@ -33,7 +34,8 @@ def evaluate(agent: PPO, episodes: int, deterministic: bool, seed: int) -> np.nd
 
 
 def record_video(agent: PPO, path: Path, deterministic: bool, seed: int) -> Path:
-    """One episode rendered to an .mp4 (imageio's bundled ffmpeg)."""
+    """One episode rendered to an .mp4 (imageio's bundled ffmpeg: the video extra)."""
+    require("video", "recording a video")
     import imageio.v2 as imageio
 
     env = gym.make(env_spec(agent.config.env_id), render_mode="rgb_array")
