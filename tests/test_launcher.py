@@ -100,3 +100,10 @@ def test_a_stop_signal_reaches_every_child_and_starts_no_more(tmp_path, monkeypa
         run_jobs(jobs, 2, report=print)
     assert [(tmp_path / f"seed{s}.marker").exists() for s in range(3)] == [True, True, False]
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+def test_holds_run_means_a_run_was_started_there(tmp_path):
+    from ppo.checkpoint import holds_run
+
+    assert not holds_run(tmp_path / "missing") and not holds_run(tmp_path)
+    assert holds_run(write_run(tmp_path / "run", [1.0]))

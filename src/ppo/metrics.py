@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import secrets
 import sys
 import time
 from collections.abc import Sequence
@@ -124,7 +125,7 @@ class WandbSink:
             run_dir = Path(run_dir)
             id_file = run_dir / WANDB_ID_FILE
             if not id_file.is_file():
-                write_atomic(id_file, wandb.util.generate_id().encode())
+                write_atomic(id_file, secrets.token_hex(4).encode())
             run_id, name, directory = id_file.read_text().strip(), run_dir.name, str(run_dir)
         self.run = wandb.init(project=project, group=group, name=name, id=run_id,
                               resume="allow", dir=directory, config=config)
