@@ -176,8 +176,9 @@ def summary_tables(groups: dict[str, list[Path]], thresholds: dict[str, float | 
                    name: str = "variant") -> tuple[list[str], list[str]]:
     """A row per group and a row per run, as Markdown. `thresholds`: per group, the return
     that counts as solved (None: none known)."""
-    table = [f"| {name} | runs | final return | solved | median steps to solve | "
-             "median wall-clock to solve (s) | approx KL | max approx KL | clip fraction |",
+    table = [f"| {name} | runs | final return: IQM [95% CI] | solved | median steps to solve | "
+             "median wall-clock to solve (s) | IQM approx KL | IQM max approx KL | "
+             "IQM clip fraction |",
              "|---|---|---|---|---|---|---|---|---|"]
     per_run = [f"| {name} | seed | final return | steps to solve | wall-clock to solve (s) | "
                "steps | total wall-clock (s) |", "|---|---|---|---|---|---|---|"]
@@ -249,9 +250,10 @@ def report_tasks(name: str, runs: dict[tuple[str, str], list[Path]], exp: Experi
 
     lines = [f"# {name}", "", exp.description, "",
              "Final return: mean over the last 100 episodes at the end of each run. Wall-clock: "
-             f"seconds of training (env, update, logging), per run. {STATISTICS_NOTE}", "",
-             "| task | variant | seeds | steps | final return | wall-clock (s) | steps/s | "
-             "approx KL | max approx KL |",
+             f"seconds of training (env, update, logging), per run. {STATISTICS_NOTE} The "
+             "other columns are IQMs over seeds too.", "",
+             "| task | variant | seeds | steps | final return: IQM [95% CI] | wall-clock (s) | "
+             "steps/s | approx KL | max approx KL |",
              "|---|---|---|---|---|---|---|---|---|"]
     per_seed = ["", "## Per seed", "", "| task | variant | seed | steps | final return | "
                 "wall-clock (s) |", "|---|---|---|---|---|---|"]
