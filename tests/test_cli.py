@@ -265,9 +265,9 @@ def test_train_output_and_resume(run_copy):
     assert "resuming" in result.stderr and "update 2" in result.stderr
     lines = result.stdout.splitlines()
     assert [line.split()[1] for line in lines if line.startswith("update ")] == ["003", "004"]
-    assert re.match(r"^update 003 step 192 return=\S+ kl=\d\.\d{3} clipfrac=\d\.\d\d "
-                    r"loss_pi=[+-]\d\.\d{3} loss_v=\S+ entropy=\d\.\d{3} ev=\S+ sps=\d+$",
-                    lines[0])
+    assert re.match(r"^update 003 step 192/256 \(75%\) return=\S+ kl=\d\.\d{3} "
+                    r"clipfrac=\d\.\d\d loss_pi=[+-]\d\.\d{3} loss_v=\S+ entropy=\d\.\d{3} "
+                    r"ev=\S+ sps=\d+ elapsed=\d+:\d\d:\d\d eta=\d+:\d\d:\d\d$", lines[0])
     rows = (run_copy / "metrics.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4]
 
