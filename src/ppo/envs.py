@@ -16,6 +16,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 
 from ppo.config import Config, ConfigError
 from ppo.episode_replay import ReplayableEpisodes
+from ppo.extras import require
 
 EnvSource = str | gym.Env | Callable[[], gym.Env] | VectorEnv
 
@@ -69,10 +70,18 @@ def env_spec(env_id: str) -> EnvSpec:
         if name in gym.registry:
             return gym.spec(name)
         return EnvSpec(id=name, entry_point=env_id)
+    if env_id.startswith("ALE/"):
+        require("atari", f"env {env_id}")
+        import ale_py
+
+        gym.register_envs(ale_py)
     try:
-        return gym.spec(env_id)
+        spec = gym.spec(env_id)
     except gym.error.Error as e:
         raise ConfigError(f"unknown env id {env_id!r}: {e}") from None
+    if str(spec.entry_point).startswith("gymnasium.envs.mujoco"):
+        require("mujoco", f"env {env_id}")
+    return spec
 
 
 class InProcessVectorEnv(VectorEnv):
