@@ -45,6 +45,8 @@ def console_line(row: dict[str, Any], at: Progress | None = None) -> str:
     step = f"step {row['global_step']}"
     if at is not None:
         step += f"/{at.total} ({100 * at.step / at.total:.0f}%)"
+    if "eval_return" in row:
+        ret_text += f" eval={row['eval_return']:+.1f}"
     line = (
         f"update {row['update']:03d} {step} return={ret_text} "
         f"kl={row['approx_kl']:.3f} clipfrac={row['clipfrac']:.2f} "
@@ -74,10 +76,12 @@ def rounding_note(start_step: int, end_step: int, steps_per_update: int) -> str 
             f"update{'s' if updates != 1 else ''})")
 
 
-def run_summary(metrics: dict[str, np.ndarray], checkpoints: dict[int, Path]) -> list[str]:
+def run_summary(metrics: dict[str, np.ndarray], checkpoints: dict[int, Path],
+                best_file: Path | None = None) -> list[str]:
     """Lines for the end of a run: final and best return (each the mean of the last 100
-    episodes at an update), training wall-clock, and where the last checkpoint and the best
-    one (the checkpointed update with the highest return) are. `metrics`: the metrics.csv
+    episodes at an update), the best evaluation, training wall-clock, and where the last
+    checkpoint and the best one are (the best evaluation's `best_file` when the run evaluated,
+    else the checkpointed update with the highest return). `metrics`: the metrics.csv
     columns; `checkpoints`: update -> checkpoint file."""
     if not len(metrics.get("update", [])):
         return ["no update was logged"]
@@ -93,9 +97,17 @@ def run_summary(metrics: dict[str, np.ndarray], checkpoints: dict[int, Path]) ->
                   f"(update {updates[best]})"]
     else:
         lines.append("no episode has finished: no return yet")
+    evaluations = metrics.get("eval_return", np.zeros(0))
+    if np.isfinite(evaluations).any():
+        best = int(np.nanargmax(evaluations))
+        lines.append(f"best evaluation {evaluations[best]:+.1f} at step {steps[best]:.0f} "
+                     f"(update {updates[best]})")
     lines.append(f"wall-clock {duration(float(np.sum(metrics['time_total'])))} of training")
     if checkpoints:
         lines.append(f"last checkpoint: {checkpoints[max(checkpoints)]}")
+    if best_file is not None and best_file.is_file() and np.isfinite(evaluations).any():
+        lines.append(f"best checkpoint: {best_file} (evaluation {np.nanmax(evaluations):+.1f})")
+    elif checkpoints:
         by_update = dict(zip(updates.tolist(), returns.tolist(), strict=True))
         scored = {u: by_update[u] for u in checkpoints if math.isfinite(by_update.get(u, math.nan))}
         if scored:

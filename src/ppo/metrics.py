@@ -225,9 +225,11 @@ class MetricsLogger:
                 if match := CHECKPOINT_NAME.match(path.name):
                     checkpoints[int(match.group(1))] = path
         else:
-            metrics = {key: np.array([row[key] for row in self.rows], dtype=float)
-                       for key in ("update", "global_step", "episodic_return", "time_total")}
-        return run_summary(metrics, checkpoints)
+            metrics = {key: np.array([row.get(key, math.nan) for row in self.rows], dtype=float)
+                       for key in ("update", "global_step", "episodic_return", "eval_return",
+                                   "time_total")}
+        best = None if self.run_dir is None else self.run_dir / "checkpoints" / "best.safetensors"
+        return run_summary(metrics, checkpoints, best)
 
     def close(self) -> None:
         if self.bar is not None:
