@@ -19,7 +19,7 @@ from ppo.cli import main
 from ppo.config import GROUPS, Config, flag_name, load_toml
 
 TESTS = Path(__file__).parent
-SMALL = ["--env", "CartPole-v1", "--no-env-settings", "--rollout-steps", "64",
+SMALL = ["--env", "CartPole-v1", "--defaults", "plain", "--rollout-steps", "64",
          "--minibatch-size", "32", "--no-tensorboard", "--quiet"]
 
 
@@ -91,7 +91,7 @@ def test_train_help_groups_the_flags():
     for f in dataclasses.fields(Config):
         assert f.metadata["group"] in GROUPS, f.name
         assert re.search(rf"^  {flag_name(f.name)}\b", sections[f.metadata["group"]], re.M), f.name
-    for flag in ("--config", "--preset", "--env-settings", "--resume", "--seeds", "--jobs",
+    for flag in ("--config", "--preset", "--defaults", "--resume", "--seeds", "--jobs",
                  "--quiet", "--nproc"):
         assert re.search(rf"^  {flag}\b", sections["Options"], re.M), flag
     assert "--clip-eps" in sections["PPO"] and "--max-kl" in sections["TRPO"]
@@ -234,7 +234,7 @@ def test_config_file_with_flag_overrides(tmp_path):
                                      "gamma": 0.9, "tensorboard": False}))
     out = tmp_path / "run"
     result = _invoke("train", "--config", config, "--total-timesteps", 64, "--gamma", 0.95,
-                     "--run-dir", out, "--quiet", "--no-env-settings")
+                     "--run-dir", out, "--quiet", "--defaults", "plain")
     assert result.exit_code == 0, result.output
     resolved = load_toml(out / "config.toml")
     assert resolved["rollout_steps"] == 32 and resolved["minibatch_size"] == 16  # from the file

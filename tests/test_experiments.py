@@ -75,9 +75,10 @@ def test_unsolved_run_has_no_step_to_solve():
 
 def test_variant_options_become_train_flags():
     args = _args({"preset": "mujoco", "env_id": "Hopper-v5", "clip_eps": 1.0,
-                  "clip_value": False, "hidden_sizes": [32, 32]})
-    assert args == ("--preset", "mujoco", "--env", "Hopper-v5", "--clip-eps", "1.0",
-                    "--no-clip-value", "--hidden-sizes", "32,32", "--no-tensorboard")
+                  "clip_value": False, "hidden_sizes": [32, 32]}, "plain")
+    assert args == ("--defaults", "plain", "--preset", "mujoco", "--env", "Hopper-v5",
+                    "--clip-eps", "1.0", "--no-clip-value", "--hidden-sizes", "32,32",
+                    "--no-tensorboard")
 
 
 def test_report_tables_each_variant_with_iqm_and_ci(tmp_path):
@@ -102,8 +103,9 @@ def test_task_experiments_run_every_variant_on_every_task(tmp_path, fake_train):
     exp = EXPERIMENTS["ppo-vs-trpo"]
     assert len(fake_train) == len(exp.tasks) * 2 * 2
     for command in fake_train:
-        assert command[5:9] == ["--preset", "mujoco", "--env", command[8]]
-        assert command[8] in exp.tasks and "--total-timesteps" in command
+        assert command[5:11] == ["--defaults", "plain", "--preset", "mujoco", "--env",
+                                 command[10]]
+        assert command[10] in exp.tasks and "--total-timesteps" in command
     text = path.read_text()
     assert "| Hopper-v5 | trpo | 2 | 3000 | 230.0 [230.0, 230.0] | 6 | 500 |" in text
     assert "| Humanoid-v5 | ppo | 2 | 3000 | 210.0 [210.0, 210.0] |" in text

@@ -23,7 +23,7 @@ TASKS = {  # issue 14's table, the race tasks, and the Dict-observation task
 
 
 def test_every_task_has_a_file():
-    assert TASKS <= {tomllib.loads(p.read_text())["env_id"] for p in FILES}
+    assert {tomllib.loads(p.read_text())["env_id"] for p in FILES} >= TASKS
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
@@ -54,7 +54,7 @@ def test_env_settings_then_preset_then_config_file_then_flags():
     shipped = tomllib.loads(settings.task_file("CartPole-v1").read_text())
     env_only = settings.resolve({"env_id": "CartPole-v1"})
     assert env_only.values["num_envs"] == shipped["num_envs"] != Config.num_envs
-    assert "CartPole-v1" in env_only.source and "--no-env-settings" in env_only.source
+    assert "CartPole-v1" in env_only.source and "--defaults", "plain" in env_only.source
     # A config file overrides the env's settings; flags override the file.
     mixed = settings.resolve({"env_id": "CartPole-v1", "lr": 0.5}, {"lr": 0.1, "epochs": 3})
     assert (mixed.values["lr"], mixed.values["epochs"]) == (0.5, 3)
@@ -62,7 +62,7 @@ def test_env_settings_then_preset_then_config_file_then_flags():
     # A preset replaces the env's settings as a whole.
     preset = settings.resolve({"env_id": "CartPole-v1"}, preset={"epochs": 7})
     assert preset.values["epochs"] == 7 and "num_envs" not in preset.values
-    plain = settings.resolve({"env_id": "CartPole-v1"}, env_settings=False)
+    plain = settings.resolve({"env_id": "CartPole-v1"}, defaults="plain")
     assert plain.values == {"env_id": "CartPole-v1"} and "plain defaults" in plain.source
 
 
@@ -73,12 +73,14 @@ def test_tasks_without_a_file_get_their_kind_of_task_settings():
     assert discrete.values["ent_coef"] > 0 and continuous.values["ent_coef"] == 0
     assert continuous.values["normalize_reward"] and not discrete.values.get("normalize_reward")
     # The kind is that of the env as the settings build it: arguments can change it.
-    lander = settings.resolve({"env_id": "LunarLander-v3"}, env_settings=True)
+    lander = settings.resolve({"env_id": "LunarLander-v3"}, defaults="task")
     assert "LunarLander-v3.toml" in lander.source
+    asked = settings.resolve({"env_id": "LunarLander-v3"}, defaults="kind")
+    assert "discrete-action" in asked.source and asked.values["num_envs"] == 8
 
 
 def test_settings_the_user_did_not_ask_for_are_made_to_fit():
-    trpo = settings.resolve({"env_id": "CartPole-v1", "algo": "trpo"}, env_settings=False)
+    trpo = settings.resolve({"env_id": "CartPole-v1", "algo": "trpo"}, defaults="plain")
     assert trpo.values["shared_trunk"] is False
     from_dict(trpo.values)  # valid as resolved
     asked = settings.resolve({"env_id": "CartPole-v1", "algo": "trpo", "shared_trunk": True})

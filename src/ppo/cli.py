@@ -218,9 +218,11 @@ def main() -> None:
               help="TOML file of settings; flags override it.")
 @click.option("--preset", help="A shipped hyperparameter preset (see `ppo presets`); it "
               "replaces the env's own settings.")
-@click.option("--env-settings/--no-env-settings", default=True,
-              help="Start from the settings shipped for the env (or for its kind of task), or "
-              "from the plain defaults listed here.  [default: env-settings]")
+@click.option("--defaults", type=click.Choice(settings.DEFAULTS), default="task",
+              show_default=True,
+              help="Where a new run's settings start: task (the settings shipped for the env, "
+              "else those for its kind of task: `ppo presets` lists both), kind (those for its "
+              "kind of task), or plain (the defaults listed here).")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
               help="Continue the run in this directory from its last checkpoint.")
 @click.option("--seeds", "seed_list",
@@ -234,7 +236,7 @@ def main() -> None:
               help="Train with N processes on this machine, each with its own envs: "
               "runs `torchrun --standalone --nproc-per-node N -m ppo train ...`.")
 @_config_options
-def train(config_file: Path | None, preset: str | None, env_settings: bool,
+def train(config_file: Path | None, preset: str | None, defaults: str,
           resume_dir: Path | None, seed_list: str | None, jobs: int | None, quiet: bool,
           nproc: int | None, **flags: Any) -> None:
     """Train an agent. Plain `ppo train` trains LunarLander-v3 with the standard PPO settings
@@ -248,7 +250,7 @@ def train(config_file: Path | None, preset: str | None, env_settings: bool,
                         "torchrun (WORLD_SIZE is set); give the process count to torchrun only")
     if seed_list is not None:
         _run_guarded(lambda: _train_seeds(seed_list, jobs or 1, config_file, preset,
-                                          env_settings, resume_dir, nproc, flags))
+                                          defaults, resume_dir, nproc, flags))
         return
     if jobs is not None:
         raise UserError("--jobs applies to --seeds only")
@@ -270,7 +272,7 @@ def train(config_file: Path | None, preset: str | None, env_settings: bool,
                 click.echo(f"resuming {resume_dir} at update {agent.update}, "
                            f"step {agent.global_step}", err=True)
         else:
-            cfg, source = _resolve(config_file, preset, env_settings, given)
+            cfg, source = _resolve(config_file, preset, defaults, given)
             if cfg.run_dir is None:
                 cfg = cfg.replace(run_dir=default_run_dir(cfg))
             if holds_run(cfg.run_dir):
@@ -292,13 +294,13 @@ def train(config_file: Path | None, preset: str | None, env_settings: bool,
     _run_guarded(run)
 
 
-def _resolve(config_file: Path | None, preset: str | None, env_settings: bool,
+def _resolve(config_file: Path | None, preset: str | None, defaults: str,
              given: dict[str, Any]) -> tuple[Config, str]:
     """The run's settings (ppo.settings: the env's own or its kind's, then the preset, the
     config file and the flags), validated, with the extras they need installed; and the line
     saying where the base settings came from."""
     resolved = settings.resolve(given, load_toml(config_file) if config_file else None,
-                                load_preset(preset) if preset else None, env_settings)
+                                load_preset(preset) if preset else None, defaults)
     cfg = from_dict(resolved.values)
     if cfg.track:
         require("wandb", "--track")
@@ -310,7 +312,7 @@ GROUP_FILE = "group.toml"
 
 
 def _train_seeds(seed_list: str, jobs: int, config_file: Path | None, preset: str | None,
-                 env_settings: bool, resume_dir: Path | None, nproc: int | None,
+                 defaults: str, resume_dir: Path | None, nproc: int | None,
                  flags: dict[str, Any]) -> None:
     """`ppo train --seeds`: every seed as a `ppo train` child process in one group directory;
     finished seeds are skipped and checkpointed ones resumed, so the same command resumes."""
@@ -329,7 +331,7 @@ def _train_seeds(seed_list: str, jobs: int, config_file: Path | None, preset: st
     if clashes:
         raise ConfigError(f"--seeds takes no {', '.join(clashes)}: it sets the seed of each "
                           "run, and the same command resumes the group")
-    cfg, source = _resolve(config_file, preset, env_settings, given)
+    cfg, source = _resolve(config_file, preset, defaults, given)
     group = Path(cfg.run_dir or default_run_dir(cfg, seed=False))
     settings = {k: v for k, v in cfg.to_dict().items()
                 if k not in ("seed", "run_dir", *RESUMABLE)}

@@ -39,6 +39,9 @@ class Experiment:
     base: dict[str, Any] = field(default_factory=lambda: {"env_id": "LunarLander-v3"})
     twin_axes: bool = False
     tasks: list[str] = field(default_factory=list)
+    # Where each run's settings start (`ppo train --defaults`): the experiments measured
+    # against the standard settings start from the plain defaults.
+    defaults: str = "plain"
 
 
 EXPERIMENTS = {
@@ -89,11 +92,13 @@ def _slug(label: str) -> str:
     return "".join(c if c.isalnum() or c in ".=-" else "_" for c in label)
 
 
-def _args(options: dict[str, Any]) -> tuple[str, ...]:
-    """`ppo train` options of a variant: its preset if any, then Config fields."""
+def _args(options: dict[str, Any], defaults: str) -> tuple[str, ...]:
+    """`ppo train` options of a variant: where its settings start, its preset if any, then
+    Config fields."""
     options = dict(options)
     preset = options.pop("preset", None)
-    return (*(["--preset", preset] if preset else []), *to_flags(options), "--no-tensorboard")
+    return ("--defaults", defaults, *(["--preset", preset] if preset else []),
+            *to_flags(options), "--no-tensorboard")
 
 
 def run_experiment(name: str, out: Path, seeds: int | None, steps: int | None,
@@ -107,7 +112,8 @@ def run_experiment(name: str, out: Path, seeds: int | None, steps: int | None,
     runs = {(task, label): [root / _slug(task) / _slug(label) / f"seed{s}" if exp.tasks
                             else root / _slug(label) / f"seed{s}" for s in range(seeds)]
             for task in exp.tasks or [exp.base["env_id"]] for label in exp.variants}
-    todo = [Job(run_dir, seed, steps, _args({**exp.base, "env_id": task, **exp.variants[label]}))
+    todo = [Job(run_dir, seed, steps,
+                _args({**exp.base, "env_id": task, **exp.variants[label]}, exp.defaults))
             for (task, label), dirs in runs.items() for seed, run_dir in enumerate(dirs)]
     left = sum(not finished(job) for job in todo)
     print(f"{name}: {left} of {len(todo)} runs to do, {jobs} at a time", flush=True)
