@@ -117,7 +117,7 @@ def test_task_experiments_run_every_variant_on_every_task(tmp_path, fake_train):
 
 def test_single_task_experiments_keep_their_layout(tmp_path, fake_train):
     text = run_experiment("lunarlander", tmp_path, seeds=1, steps=3000, jobs=1).read_text()
-    assert fake_train[0][5:7] == ["--env", "LunarLander-v3"]
+    assert fake_train[0][5:9] == ["--defaults", "plain", "--env", "LunarLander-v3"]
     assert (tmp_path / "lunarlander" / "standard" / "seed0" / "metrics.csv").exists()
     assert "| standard | 1 | 210.0 [210.0, 210.0] | 1/1 | 3000 |" in text
     fake_train.clear()
