@@ -187,7 +187,8 @@ class PPO:
             with StopSignals() as signals:
                 while self.global_step < end_step and not self._stopping(signals):
                     row = self.iteration()
-                    if evaluator is not None and evaluator.due(self.update):
+                    last = self.global_step >= end_step
+                    if evaluator is not None and (evaluator.due(self.update) or last):
                         row.update(self._evaluate(evaluator))
                     logger.log(row)
                     if self.run_dir is not None and self.update % cfg.checkpoint_every == 0:

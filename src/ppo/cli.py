@@ -481,11 +481,15 @@ def compare(group_dirs: tuple[Path, ...], threshold: float | None, out: Path | N
               "experiment's own: 1.5M, 1M for the MuJoCo ones).")
 @click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
               help="Runs at a time; one core each.")
-def experiment(name: str, out: Path, seeds: int | None, steps: int | None, jobs: int) -> None:
+@click.option("--tasks", help="Comma-separated env ids: only these of the experiment's tasks.")
+def experiment(name: str, out: Path, seeds: int | None, steps: int | None, jobs: int,
+               tasks: str | None) -> None:
     """Run one of the experiments (resumable), then write its table and figures."""
     from ppo.experiments import run_experiment
 
-    click.echo(str(_run_guarded(lambda: run_experiment(name, out, seeds, steps, jobs))))
+    chosen = None if tasks is None else [t.strip() for t in tasks.split(",") if t.strip()]
+    click.echo(str(_run_guarded(lambda: run_experiment(name, out, seeds, steps, jobs,
+                                                       chosen))))
 
 
 @main.command()

@@ -7,6 +7,7 @@ stratified-bootstrap confidence interval (Agarwal et al. 2021), and every run on
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import tomllib
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ppo import zoo
 from ppo.config import to_flags
 from ppo.stats import iqm, iqm_estimate
 
@@ -39,9 +41,12 @@ class Experiment:
     base: dict[str, Any] = field(default_factory=lambda: {"env_id": "LunarLander-v3"})
     twin_axes: bool = False
     tasks: list[str] = field(default_factory=list)
-    # Where each run's settings start (`ppo train --defaults`): the experiments measured
-    # against the standard settings start from the plain defaults.
+    # Where each run's settings start (`ppo train --defaults`; a variant may say "defaults"):
+    # the experiments measured against the standard settings start from the plain defaults.
     defaults: str = "plain"
+    # Per task, its own step budget instead of `steps`; with it, each run evaluates itself
+    # (zoo.EVALUATIONS times) and the report is the zoo table.
+    budgets: dict[str, int] = field(default_factory=dict)
 
 
 EXPERIMENTS = {
@@ -76,6 +81,12 @@ EXPERIMENTS = {
             "K=20 epochs": {"epochs": 20},
             "eps=0.5": {"clip_eps": 0.5},
         }),
+    "zoo": Experiment(
+        "`ppo train --env X` and nothing else on the RL Zoo's tasks and budgets, with the "
+        "settings shipped for the task and with those for its kind of task alone.",
+        {label: {"defaults": defaults} for label, defaults in zoo.VARIANTS.items()},
+        tasks=list(zoo.TARGETS), base={},
+        budgets={task: budget for task, (budget, _) in zoo.TARGETS.items()}),
     "mujoco": Experiment(
         "PPO on the MuJoCo set with the standard continuous-control settings (preset mujoco).",
         {"ppo": {}}, steps=1_000_000, base={"preset": "mujoco"}, tasks=MUJOCO),
@@ -97,27 +108,56 @@ def _args(options: dict[str, Any], defaults: str) -> tuple[str, ...]:
     Config fields."""
     options = dict(options)
     preset = options.pop("preset", None)
+    defaults = options.pop("defaults", defaults)
     return ("--defaults", defaults, *(["--preset", preset] if preset else []),
             *to_flags(options), "--no-tensorboard")
 
 
+def _with_evaluation(options: dict[str, Any], defaults: str, budget: int) -> dict[str, Any]:
+    """A zoo run's options with its evaluation schedule, from the batch its settings give."""
+    from ppo.config import from_dict
+    from ppo.settings import resolve
+
+    values = resolve({k: v for k, v in options.items() if k != "defaults"},
+                     defaults=options.get("defaults", defaults)).values
+    batch = from_dict({**values, "total_timesteps": budget}).batch_size
+    return {**options, "eval_every": zoo.eval_every(batch, budget),
+            "eval_episodes": zoo.EVAL_EPISODES}
+
+
 def run_experiment(name: str, out: Path, seeds: int | None, steps: int | None,
-                   jobs: int) -> Path:
-    """Run what is not finished yet, then write results.md and the figures; return results.md."""
+                   jobs: int, tasks: list[str] | None = None) -> Path:
+    """Run what is not finished yet, then write results.md and the figures; return results.md.
+    `tasks`: a subset of a task experiment's tasks."""
+    from ppo.config import ConfigError
     from ppo.launcher import Job, finished, run_jobs
 
     exp = EXPERIMENTS[name]
+    if tasks:
+        if not exp.tasks:
+            raise ConfigError(f"experiment {name} has no tasks to choose from")
+        if unknown := [t for t in tasks if t not in exp.tasks]:
+            raise ConfigError(f"experiment {name} has no task {unknown[0]!r}; its tasks: "
+                              f"{', '.join(exp.tasks)}")
+        exp = dataclasses.replace(exp, tasks=tasks)
     seeds, steps = seeds or exp.seeds, steps or exp.steps
     root = out / name
     runs = {(task, label): [root / _slug(task) / _slug(label) / f"seed{s}" if exp.tasks
                             else root / _slug(label) / f"seed{s}" for s in range(seeds)]
             for task in exp.tasks or [exp.base["env_id"]] for label in exp.variants}
-    todo = [Job(run_dir, seed, steps,
-                _args({**exp.base, "env_id": task, **exp.variants[label]}, exp.defaults))
-            for (task, label), dirs in runs.items() for seed, run_dir in enumerate(dirs)]
+    todo = []
+    for (task, label), dirs in runs.items():
+        options = {**exp.base, "env_id": task, **exp.variants[label]}
+        budget = exp.budgets.get(task, steps)
+        if exp.budgets:
+            options = _with_evaluation(options, exp.defaults, budget)
+        todo += [Job(run_dir, seed, budget, _args(options, exp.defaults))
+                 for seed, run_dir in enumerate(dirs)]
     left = sum(not finished(job) for job in todo)
     print(f"{name}: {left} of {len(todo)} runs to do, {jobs} at a time", flush=True)
     run_jobs(todo, jobs, report=lambda line: print(f"  {line}", flush=True))
+    if exp.budgets:
+        return zoo.report(runs, root, _metrics)
     if exp.tasks:
         return report_tasks(name, runs, exp, root)
     return report(name, {label: dirs for (_, label), dirs in runs.items()}, exp, root)

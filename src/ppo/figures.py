@@ -330,3 +330,26 @@ def _save(fig: Figure, out: Path) -> Path:
     FigureCanvasAgg(fig)
     fig.savefig(out, dpi=150)
     return out
+
+
+def plot_evaluations(groups: dict[str, list[Path]], out: Path, title: str,
+                     target: float | None = None) -> Path:
+    """The deterministic evaluation return (solid) and the training return (dashed) against
+    env steps, per group: mean over its runs with a min-max band; the target as a line."""
+    curves = _group_curves(groups, ("eval_return", "episodic_return"))
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for i, (label, (n, grid, stats)) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        _draw_band(ax, grid, stats["eval_return"], color, f"{label} (n={n}): evaluation")
+        ax.plot(grid, stats["episodic_return"][0], color=color, lw=1, ls="--",
+                label=f"{label}: training episodes")
+    if target is not None:
+        ax.axhline(target, color="0.3", lw=1, ls=":", label=f"target {target:g}")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("return")
+    ax.xaxis.set_major_formatter(EngFormatter())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.suptitle(f"{title} (mean over runs, band: min-max)")
+    return _save(fig, out)
