@@ -6,8 +6,9 @@ import pytest
 from gymnasium import spaces
 from gymnasium.vector.utils import concatenate, create_empty_array
 
+from helpers_spaces import stored_actions
 from ppo.config import ConfigError
-from ppo.spaces import ActionSpec, ObservationError, ObsEncoder, is_image
+from ppo.spaces import ActionSpec, ObsEncoder, ObservationError, is_image
 
 BOX = spaces.Box(-1.0, 1.0, (2, 3), np.float32)
 
@@ -142,22 +143,6 @@ ACTION_SPACES = {
 }
 
 
-def _stored_actions(spec, n=50, seed=0):
-    """Actions as a rollout stores them: an index per categorical head, a value per Gaussian
-    dimension (often outside the bounds), 0/1 per Bernoulli dimension."""
-    rng = np.random.default_rng(seed)
-    actions = np.empty((n, spec.columns), spec.dtype)
-    for head in spec.heads:
-        width = head.columns.stop - head.columns.start
-        if head.kind == "categorical":
-            actions[:, head.columns] = rng.integers(0, head.size, (n, 1))
-        elif head.kind == "gaussian":
-            actions[:, head.columns] = 3.0 * rng.normal(size=(n, width))
-        else:
-            actions[:, head.columns] = rng.integers(0, 2, (n, width))
-    return actions
-
-
 @pytest.mark.parametrize("case", ACTION_SPACES.values(), ids=ACTION_SPACES.keys())
 def test_heads_tile_the_columns(case):
     space, heads, columns, num_params, log_std_size = case
@@ -189,7 +174,7 @@ def test_heads_tile_the_columns(case):
 def test_every_env_action_belongs_to_the_space(case):
     space = case[0]
     spec = ActionSpec(space)
-    batch = spec.to_env(_stored_actions(spec))
+    batch = spec.to_env(stored_actions(spec, 50, np.random.default_rng(0)))
     for i in range(50):
         assert space.contains(spec.one_env(batch, i)), spec.one_env(batch, i)
 
@@ -204,7 +189,7 @@ def test_discrete_actions_to_env():
 
 def test_box_actions_are_reshaped_and_clipped():
     spec = ActionSpec(spaces.Box(-1.0, 1.0, (2, 3), np.float32))
-    stored = _stored_actions(spec, n=4)
+    stored = stored_actions(spec, 4, np.random.default_rng(0))
     env = spec.to_env(stored)
     assert env.shape == (4, 2, 3) and env.dtype == np.float32
     np.testing.assert_array_equal(env, np.clip(stored, -1.0, 1.0).reshape(4, 2, 3))
