@@ -52,9 +52,19 @@ class BoxActionEnv(CounterEnv):
 
 
 class DictObsEnv(CounterEnv):
+    """A CounterEnv whose observation is {"x": [steps taken]}."""
+
     def __init__(self):
         super().__init__(3)
-        self.observation_space = spaces.Dict({"x": spaces.Box(0.0, 1.0, (1,), np.float32)})
+        self.observation_space = spaces.Dict({"x": spaces.Box(0.0, np.inf, (1,), np.float32)})
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        return {"x": obs}, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return {"x": obs}, reward, terminated, truncated, info
 
 
 class MultiDiscreteActionEnv(CounterEnv):
