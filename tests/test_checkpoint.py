@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import ppo.checkpoint
+from ppo.agent import PPO
 from ppo.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -20,7 +21,6 @@ from ppo.checkpoint import (
     write_atomic,
 )
 from ppo.config import Config, ConfigError
-from ppo.agent import PPO
 from ppo.signals import Interrupted
 
 
