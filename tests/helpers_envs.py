@@ -6,6 +6,8 @@ Importable as `helpers_envs` (pytest puts tests/ on sys.path), so the CLI can na
 
 from __future__ import annotations
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
@@ -30,7 +32,7 @@ class CounterEnv(gym.Env):
         return np.array([0.0], np.float32), {}
 
     def step(self, action):
-        self.received.append(np.array(action, copy=True))
+        self.received.append(copy.deepcopy(action))
         self.t += 1
         terminated = self.terminate_at is not None and self.t >= self.terminate_at
         return np.array([float(self.t)], np.float32), 1.0, terminated, False, {}

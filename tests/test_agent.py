@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from helpers_envs import CounterEnv
+from helpers_spaces import ACTION_SPACES
 from ppo.advantages import gae, prepare_batch
 from ppo.agent import PPO
 from ppo.config import Config, from_dict
@@ -298,6 +300,24 @@ def test_annealed_lr_is_the_step_size_used(learner):
 
 
 # ---------------------------------------------------------------- API, counters, failures
+@pytest.mark.parametrize("name", ACTION_SPACES)
+@pytest.mark.parametrize("learner, algo", [("numpy", "ppo"), ("torch", "ppo"), ("auto", "trpo")])
+def test_every_action_kind_trains_and_acts_within_its_space(name, learner, algo):
+    space = ACTION_SPACES[name]
+    env = CounterEnv(terminate_at=5, action_space=space)
+    agent = PPO(Config(env_id="counter", rollout_steps=16, minibatch_size=8, tensorboard=False,
+                       learner=learner, algo=algo, shared_trunk=algo == "ppo"),
+                env=env, verbose=False)
+    before = _weights(agent.model)
+    agent.learn(32)
+    assert agent.update == 2 and not torch.equal(before, _weights(agent.model))
+    assert len(env.received) == 32 and all(space.contains(a) for a in env.received)
+    action, _ = agent.predict(np.zeros(1, np.float32), deterministic=True)
+    assert space.contains(action)
+    actions, _ = agent.predict(np.zeros((3, 1), np.float32))
+    assert all(space.contains(agent.action_spec.one_env(actions, i)) for i in range(3))
+
+
 def test_learn_predict_and_counters():
     agent = _agent()
     agent.learn(total_timesteps=256)

@@ -29,7 +29,9 @@ from ppo.networks import ActorCritic
 from ppo.spaces import ActionSpec
 
 SPACES = {"discrete": spaces.Discrete(3),
-          "gaussian": spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)}
+          "gaussian": spaces.Box(-1.0, 1.0, (2,), dtype=np.float32),
+          "bernoulli": spaces.MultiBinary(2),
+          "mixed": spaces.Tuple((spaces.Discrete(3), spaces.Box(-1.0, 1.0, (2,), np.float32)))}
 
 
 def _trpo(**kw):
