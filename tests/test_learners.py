@@ -49,12 +49,17 @@ def _batch(learner, n=128, seed=0, ratio_spread=0.3, fresh=False, adv_offset=0.0
     logp, values = learner.evaluate(obs, actions)
     advantages = (adv_offset + rng.normal(size=n)).astype(np.float32)
     if fresh:
-        return Batch(obs, actions, logp, values, advantages, advantages + values, math.nan,
-                     None)
+        return _make_batch(obs, actions, logp, values, advantages, advantages + values)
     logp_old = (logp + rng.normal(scale=ratio_spread, size=n)).astype(np.float32)
     old_values = (values + rng.normal(scale=0.3, size=n)).astype(np.float32)
     returns = (values + rng.normal(size=n)).astype(np.float32)
-    return Batch(obs, actions, logp_old, old_values, advantages, returns, math.nan, None)
+    return _make_batch(obs, actions, logp_old, old_values, advantages, returns)
+
+
+def _make_batch(obs, actions, logp_old, values, advantages, returns, masks=None):
+    return Batch(obs=obs, actions=actions, masks=masks, logp_old=logp_old, values=values,
+                 advantages=advantages, returns=returns, explained_variance=math.nan,
+                 gae_inputs=None)
 
 
 def _flat_grad(learner):
@@ -95,6 +100,7 @@ NETWORKS = {
     # Unclipped gradients, so that the comparison sees them raw.
     "separate-widths-noclip": dict(shared_trunk=False, actor_hidden_sizes=[32, 16],
                                    critic_hidden_sizes=[24], max_grad_norm=0.0),
+    "heads-only": dict(hidden_sizes=[]),
 }
 
 
@@ -232,8 +238,8 @@ def test_entropy_bonus_raises_entropy(kind):
     with torch.no_grad():
         learner.model.policy_head.bias.copy_(torch.tensor([3.0, -3.0]))
     batch = _batch(learner, n=64, fresh=True)
-    learner.load(Batch(batch.obs, batch.actions, batch.logp_old, batch.values,
-                       np.zeros(64, np.float32), batch.values, math.nan, None))
+    learner.load(_make_batch(batch.obs, batch.actions, batch.logp_old, batch.values,
+                             np.zeros(64, np.float32), batch.values))
     before = learner.step(np.arange(64)).entropy
     for _ in range(20):
         after = learner.step(np.arange(64)).entropy
@@ -249,8 +255,8 @@ def test_value_clipping_switch_and_range(kind, clip_value):
     values = fresh.values
     old_values = (values + rng.normal(scale=0.5, size=64)).astype(np.float32)
     returns = (values + rng.normal(scale=2.0, size=64)).astype(np.float32)
-    learner.load(Batch(fresh.obs, fresh.actions, fresh.logp_old, old_values,
-                       np.zeros(64, np.float32), returns, math.nan, None))
+    learner.load(_make_batch(fresh.obs, fresh.actions, fresh.logp_old, old_values,
+                             np.zeros(64, np.float32), returns))
     stats = learner.step(np.arange(64))
     unclipped = (values - returns) ** 2
     clipped = (old_values + np.clip(values - old_values, -0.1, 0.1) - returns) ** 2

@@ -48,6 +48,13 @@ def test_relu():
         assert [type(m).__name__ for m in trunk] == ["Linear", "ReLU", "Linear", "ReLU"]
 
 
+def test_no_hidden_layers_put_the_heads_on_the_observation():
+    for shared in (True, False):
+        model = _model(shared_trunk=shared, hidden_sizes=[])
+        assert not _linears(model.actor)
+        assert model.policy_head.in_features == model.value_head.in_features == OBS_WIDTH
+
+
 def test_actor_and_critic_widths():
     separate = _model(shared_trunk=False, actor_hidden_sizes=[32],
                       critic_hidden_sizes=[16, 8])
@@ -156,6 +163,8 @@ NETWORKS = {
                           critic_hidden_sizes=[24]),
     "shared-relu": dict(shared_trunk=True, activation="relu"),
     "separate-relu": dict(shared_trunk=False, activation="relu"),
+    # No hidden layers: the heads act on the observation.
+    "heads-only": dict(shared_trunk=False, hidden_sizes=[]),
 }
 
 

@@ -241,8 +241,8 @@ def test_cli_trains_with_algo_trpo_and_logs_the_same_columns(tmp_path):
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(main, [
         "train", "--algo", "trpo", "--no-shared-trunk", "--env", "CartPole-v1",
-        "--rollout-steps", "64", "--minibatch-size", "32", "--total-timesteps", "128",
-        "--no-tensorboard", "--quiet", "--run-dir", str(run_dir)])
+        "--defaults", "plain", "--rollout-steps", "64", "--minibatch-size", "32",
+        "--total-timesteps", "128", "--no-tensorboard", "--quiet", "--run-dir", str(run_dir)])
     assert result.exit_code == 0, result.output
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -251,7 +251,8 @@ def test_cli_trains_with_algo_trpo_and_logs_the_same_columns(tmp_path):
 
 
 def test_cli_refuses_trpo_with_a_shared_trunk():
-    result = CliRunner().invoke(main, ["train", "--algo", "trpo", "--env", "CartPole-v1"])
+    result = CliRunner().invoke(main, ["train", "--algo", "trpo", "--shared-trunk", "--env",
+                                       "CartPole-v1"])
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "--no-shared-trunk" in result.stderr
 
