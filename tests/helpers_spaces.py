@@ -31,3 +31,15 @@ def stored_actions(spec: ActionSpec, n: int, rng: np.random.Generator) -> np.nda
         else:
             actions[:, head.columns] = rng.integers(0, 2, (n, width))
     return actions
+
+
+def action_masks(spec: ActionSpec, actions: np.ndarray, rng: np.random.Generator,
+                 valid: float = 0.6) -> np.ndarray:
+    """Random masks of the categorical heads' valid actions (about `valid` of them), each
+    leaving the stored action valid: the masks a rollout would have recorded with them."""
+    masks = rng.random((len(actions), spec.mask_size)) < valid
+    for head in spec.heads:
+        if head.kind == "categorical":
+            chosen = actions[:, head.columns.start].astype(np.int64)
+            masks[np.arange(len(actions)), head.mask.start + chosen] = True
+    return masks

@@ -10,7 +10,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from helpers_spaces import ACTION_SPACES, stored_actions
+from helpers_spaces import ACTION_SPACES, action_masks, stored_actions
 from ppo.advantages import Batch, prepare_batch
 from ppo.agent import PPO
 from ppo.config import Config
@@ -39,21 +39,24 @@ def _pair(space, cfg, seed=0):
     return plain, fast
 
 
-def _batch(learner, n=128, seed=0, ratio_spread=0.3, fresh=False, adv_offset=0.0):
+def _batch(learner, n=128, seed=0, ratio_spread=0.3, fresh=False, adv_offset=0.0,
+           masked=False):
     """A batch for the learner's network. Old log-probs and values away from the current ones
     (ratios on both sides of both hinges, value clipping active for some samples), or, when
-    `fresh`, the current ones (every ratio 1)."""
+    `fresh`, the current ones (every ratio 1); with `masked`, action masks."""
     rng = np.random.default_rng(seed)
     obs = rng.normal(size=(n, OBS_WIDTH)).astype(np.float32)
-    actions = stored_actions(learner.model.action_spec, n, rng)
-    logp, values = learner.evaluate(obs, actions)
+    spec = learner.model.action_spec
+    actions = stored_actions(spec, n, rng)
+    masks = action_masks(spec, actions, rng) if masked else None
+    logp, values = learner.evaluate(obs, actions, masks)
     advantages = (adv_offset + rng.normal(size=n)).astype(np.float32)
     if fresh:
-        return _make_batch(obs, actions, logp, values, advantages, advantages + values)
+        return _make_batch(obs, actions, logp, values, advantages, advantages + values, masks)
     logp_old = (logp + rng.normal(scale=ratio_spread, size=n)).astype(np.float32)
     old_values = (values + rng.normal(scale=0.3, size=n)).astype(np.float32)
     returns = (values + rng.normal(size=n)).astype(np.float32)
-    return _make_batch(obs, actions, logp_old, old_values, advantages, returns)
+    return _make_batch(obs, actions, logp_old, old_values, advantages, returns, masks)
 
 
 def _make_batch(obs, actions, logp_old, values, advantages, returns, masks=None):
@@ -121,6 +124,17 @@ def test_same_steps_for_every_option(name, norm_adv, clip_value, old_from_curren
                  old_logprobs_from_current=old_from_current, shared_trunk=False)
     plain, fast = _pair(ACTION_SPACES[name], cfg)
     _assert_pinned(plain, fast, _batch(plain, seed=2), what=name)
+
+
+@pytest.mark.parametrize("name", ["multidiscrete", "tuple"])
+def test_same_steps_with_action_masks(name):
+    cfg = Config(ent_coef=0.05, lr=1e-3, shared_trunk=False)
+    plain, fast = _pair(ACTION_SPACES[name], cfg)
+    batch = _batch(plain, masked=True)
+    unmasked_logp, _ = plain.evaluate(batch.obs, batch.actions)
+    assert not np.allclose(plain.evaluate(batch.obs, batch.actions, batch.masks)[0],
+                           unmasked_logp)  # the masks change the distribution
+    _assert_pinned(plain, fast, batch, what=f"{name}, masked")
 
 
 @pytest.mark.parametrize("clip_value", [True, False])
@@ -263,6 +277,23 @@ def test_value_clipping_switch_and_range(kind, clip_value):
     expected = np.maximum(unclipped, clipped).mean() if clip_value else unclipped.mean()
     assert stats.value_loss == pytest.approx(expected, rel=1e-5)
     assert np.maximum(unclipped, clipped).mean() > unclipped.mean() * 1.01  # switch matters
+
+
+@KINDS
+@pytest.mark.parametrize("anneal_lr, anneal_clip", [(True, False), (False, True)])
+def test_anneal_scales_the_lr_and_the_clip_range(kind, anneal_lr, anneal_clip):
+    learner = _learner(kind, Config(lr=1e-3, clip_eps=0.2, anneal_lr=anneal_lr,
+                                    anneal_clip=anneal_clip))
+    learner.anneal(0.25)
+    assert learner.lr == pytest.approx(2.5e-4 if anneal_lr else 1e-3)
+    clip = 0.05 if anneal_clip else 0.2
+    batch = _batch(learner, n=64)
+    learner.load(batch)
+    logp, _ = learner.evaluate(batch.obs, batch.actions)
+    ratio = np.exp(logp - batch.logp_old)
+    stats = learner.step(np.arange(64))
+    assert stats.clipfrac == pytest.approx(np.mean(np.abs(ratio - 1) > clip), abs=1e-6)
+    assert 0 < stats.clipfrac < 1
 
 
 @KINDS
