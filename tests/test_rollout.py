@@ -11,7 +11,10 @@ from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from helpers_envs import (
     BoxActionEnv,
     DictObsEnv,
+    InfoMaskedChoiceEnv,
     IntBoxActionEnv,
+    MaskedChoiceEnv,
+    MaskedMultiChoiceEnv,
     MultiDiscreteActionEnv,
     NaNRewardEnv,
     SequenceObsEnv,
@@ -352,3 +355,30 @@ def test_episode_statistics_per_rollout_match_the_step_by_step_formula():
     assert [n for _, n in stats.recent] == [n for _, n in finished]
     np.testing.assert_allclose(stats.returns, returns, atol=1e-12)
     np.testing.assert_array_equal(stats.lengths, lengths)
+
+
+@pytest.mark.parametrize("env", [MaskedChoiceEnv, InfoMaskedChoiceEnv, MaskedMultiChoiceEnv],
+                         ids=["method", "info", "multidiscrete"])
+@pytest.mark.parametrize("vector", ["inprocess", "next-step"])
+def test_masked_envs_never_see_an_invalid_action(env, vector):
+    """Masks from `action_masks()` or info["action_mask"], through same-step and next-step
+    resets: every action valid (an invalid one earns -1), and the masks go with the batch."""
+    source = (lambda: env()) if vector == "inprocess" else SyncVectorEnv(
+        [env] * 2, autoreset_mode=AutoresetMode.NEXT_STEP)
+    agent = PPO(Config(env_id="masked", num_envs=2, rollout_steps=64, minibatch_size=32,
+                       tensorboard=False), env=source, verbose=False)
+    agent.collector.start(seed=0)
+    for _ in range(2):
+        r = agent.collector.collect(64, 0)
+        assert r.episode_end.sum() >= 8  # masks renewed across resets too
+        assert (r.rewards[r.valid] >= 0).all()
+        assert r.masks is not None and r.masks.shape == (64, 2, agent.action_spec.mask_size)
+        for head, column in zip(agent.action_spec.heads, range(r.actions.shape[-1]),
+                                strict=True):
+            taken = np.take_along_axis(r.masks[..., head.mask],
+                                       r.actions[..., column:column + 1], axis=-1)
+            assert taken[r.valid].all()
+        batch = _prepare(agent, r)
+        np.testing.assert_array_equal(batch.masks, r.masks.reshape(128, -1)[r.valid.reshape(-1)])
+        agent.learner.update(batch, agent.shuffle_rng)
+        agent.policy.promote(agent.model)
