@@ -6,6 +6,8 @@ Importable as `helpers_envs` (pytest puts tests/ on sys.path), so the CLI can na
 
 from __future__ import annotations
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
@@ -30,7 +32,7 @@ class CounterEnv(gym.Env):
         return np.array([0.0], np.float32), {}
 
     def step(self, action):
-        self.received.append(np.array(action, copy=True))
+        self.received.append(copy.deepcopy(action))
         self.t += 1
         terminated = self.terminate_at is not None and self.t >= self.terminate_at
         return np.array([float(self.t)], np.float32), 1.0, terminated, False, {}
@@ -52,9 +54,19 @@ class BoxActionEnv(CounterEnv):
 
 
 class DictObsEnv(CounterEnv):
+    """A CounterEnv whose observation is {"x": [steps taken]}."""
+
     def __init__(self):
         super().__init__(3)
-        self.observation_space = spaces.Dict({"x": spaces.Box(0.0, 1.0, (1,), np.float32)})
+        self.observation_space = spaces.Dict({"x": spaces.Box(0.0, np.inf, (1,), np.float32)})
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        return {"x": obs}, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return {"x": obs}, reward, terminated, truncated, info
 
 
 class MultiDiscreteActionEnv(CounterEnv):

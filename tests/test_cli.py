@@ -276,8 +276,8 @@ def test_train_output_and_resume(run_copy):
 
 
 def test_eval_prints_mean_and_std(run_dir):
-    from ppo.evaluation import evaluate
     from ppo.agent import PPO
+    from ppo.evaluation import evaluate
 
     before = _snapshot(run_dir)
     result = _invoke("eval", run_dir, "--episodes", 3, "--deterministic")

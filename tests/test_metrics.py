@@ -9,10 +9,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from ppo.agent import PPO
 from ppo.config import Config
 from ppo.console import console_line
 from ppo.metrics import COLUMNS, HealthCheck, MetricsLogger, _truncate_after
-from ppo.agent import PPO
 
 REQUIRED = ["update", "global_step", "episodic_return", "episodic_length", "approx_kl",
             "clipfrac", "policy_loss", "value_loss", "entropy", "explained_variance",
