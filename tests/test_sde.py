@@ -101,7 +101,10 @@ def test_numpy_gradients_equal_autograd(space):
                                rtol=1e-4, atol=1e-5)
 
 
-def _model(cfg, space=spaces.Box(-2.0, 2.0, (2,), np.float32), obs_width=5):
+BOX2 = spaces.Box(-2.0, 2.0, (2,), np.float32)
+
+
+def _model(cfg, space=BOX2, obs_width=5):
     torch.manual_seed(cfg.seed)
     return build(obs_width, ActionSpec(space), cfg)
 

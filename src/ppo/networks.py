@@ -96,13 +96,13 @@ class ActorCritic(nn.Module):
         _, params, value = self._outputs(obs)
         return params, value
 
-    def policy(self, obs: Tensor) -> Tensor:
-        return self.policy_head(self.actor(self._features(obs)))
-
     def policy_latent(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """The actor's latent features and the distribution parameters."""
         hidden = self.actor(self._features(obs))
         return hidden, self.policy_head(hidden)
+
+    def policy(self, obs: Tensor) -> Tensor:
+        return self.policy_latent(obs)[1]
 
     def action_log_std(self, latent: Tensor | None) -> Tensor | None:
         """The Gaussian heads' log std: the parameter, or with gSDE one row per state."""
