@@ -47,7 +47,7 @@ def test_gsde_tasks_use_it():
     """The Zoo's Pendulum and MountainCarContinuous settings use gSDE, with its sample
     frequency (every 4 steps; once per rollout)."""
     for env_id, freq in (("Pendulum-v1", 4), ("MountainCarContinuous-v0", -1)):
-        config = from_dict(_load(SETTINGS / f"{env_id}.toml")[0])
+        config = from_dict(tomllib.loads((SETTINGS / f"{env_id}.toml").read_text()))
         assert config.use_sde and config.sde_sample_freq == freq
 
 
