@@ -152,13 +152,30 @@ def test_missing_checkpoints(run_copy, tmp_path):
     assert _snapshot(run_copy) == before
 
 
-def test_corrupt_checkpoint(run_copy):
-    _corrupt(latest_checkpoint(run_copy))
+def test_corrupt_checkpoints(run_copy):
+    for checkpoint in (run_copy / "checkpoints").iterdir():
+        _corrupt(checkpoint)
     before = _snapshot(run_copy)
-    _assert_user_error(_invoke("eval", run_copy, "--episodes", 1), "corrupted")
+    _assert_user_error(_invoke("eval", run_copy, "--episodes", 1), "corrupted",
+                       "update_000001", "update_000002")
     _assert_user_error(_invoke("train", "--resume", run_copy, "--total-timesteps", 256),
                        "corrupted")
     assert _snapshot(run_copy) == before
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_a_note(run_copy):
+    _corrupt(latest_checkpoint(run_copy))
+    result = _invoke("eval", run_copy, "--episodes", 1)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("note: skipped checkpoint update_000002.safetensors: it is "
+                                    "corrupted")
+    assert "(stochastic, update 1)" in result.stdout
+    result = _invoke("train", "--resume", run_copy, "--total-timesteps", 192)
+    assert result.exit_code == 0, result.output
+    assert "skipped checkpoint update_000002" in result.stderr
+    assert "resuming from update_000001.safetensors, update 1" in result.stderr
+    rows = (run_copy / "metrics.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3]
 
 
 def test_pickle_planted_as_checkpoint(run_copy, tmp_path):
@@ -170,10 +187,14 @@ def test_pickle_planted_as_checkpoint(run_copy, tmp_path):
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    latest_checkpoint(run_copy).write_bytes(pickle.dumps(Planted()))
+    for checkpoint in (run_copy / "checkpoints").iterdir():
+        checkpoint.write_bytes(pickle.dumps(Planted()))
     before = _snapshot(run_copy)
     _assert_user_error(_invoke("eval", run_copy, "--episodes", 1), "not a valid ppo checkpoint")
     _assert_user_error(_invoke("train", "--resume", run_copy, "--total-timesteps", 256))
+    _assert_user_error(_invoke("eval", run_copy, "--checkpoint",
+                               run_copy / "checkpoints" / "update_000001.safetensors"),
+                       "not a valid ppo checkpoint")
     assert not marker.exists()
     assert _snapshot(run_copy) == before
 
@@ -247,8 +268,9 @@ def test_train_output_and_resume(run_copy):
     assert len(metrics) == 1 + 2
     result = _invoke("train", "--resume", run_copy, "--total-timesteps", 256)
     assert result.exit_code == 0, result.output
-    assert "resuming" in result.stderr and "update 2" in result.stderr
+    assert result.stderr == ""
     lines = result.stdout.splitlines()
+    assert lines.pop(0) == f"resuming {run_copy} at update 2, step 128"
     assert [line.split()[1] for line in lines if line.startswith("update ")] == ["003", "004"]
     assert re.match(r"^update 003 step 192 return=\S+ kl=\d\.\d{3} clipfrac=\d\.\d\d "
                     r"loss_pi=[+-]\d\.\d{3} loss_v=\S+ entropy=\d\.\d{3} ev=\S+ sps=\d+$",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
@@ -9,14 +10,14 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
-from ppo.config import Config, ConfigError, from_dict, load_toml
+from ppo.config import Config, ConfigError, from_dict, load_toml, read_regular_file
 
 # Settings that may change when a run is resumed; the rest define the run.
 RESUMABLE = {"total_timesteps", "device", "threads", "checkpoint_every", "tensorboard",
@@ -31,15 +32,15 @@ class UserError(click.ClickException):
 
 
 def _run_guarded(fn: Callable[[], Any]) -> Any:
-    from ppo.checkpoint import CheckpointError
+    from ppo.checkpoint import CheckpointError, RunDirError
     from ppo.distributed import DistributedError
     from ppo.rollout import EnvValueError, EnvWorkerError
     from ppo.trainer import NonFiniteError
 
     try:
         return fn()
-    except (ConfigError, CheckpointError, EnvValueError, EnvWorkerError, NonFiniteError,
-            DistributedError) as e:
+    except (ConfigError, CheckpointError, RunDirError, EnvValueError, EnvWorkerError,
+            NonFiniteError, DistributedError) as e:
         raise UserError(str(e)) from None
     except OSError as e:
         raise UserError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
@@ -85,7 +86,7 @@ def preset_names() -> list[str]:
 def load_preset(name: str) -> dict[str, Any]:
     if name not in preset_names():
         raise ConfigError(f"unknown preset {name!r}; `ppo presets` lists them")
-    return load_toml(Path(str(resources.files("ppo.presets") / f"{name}.toml")))
+    return load_toml(Path(str(resources.files("ppo.presets") / f"{name}.toml")), "preset")
 
 
 def _worker_args(ctx: click.Context) -> list[str]:
@@ -130,15 +131,19 @@ def default_run_dir(cfg: Config) -> str:
 class OneLineErrors(click.Group):
     """Every usage error, Click's own included, as one `error:` line with exit status 2."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
+    def main(self, args: list[str] | None = None, *rest: Any, **kwargs: Any) -> Any:
+        if not (sys.argv[1:] if args is None else args):  # plain `ppo`: its help
+            with click.Context(self, info_name=kwargs.get("prog_name", "ppo")) as ctx:
+                click.echo(self.get_help(ctx))
+            return 0
         try:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, *rest, standalone_mode=False, **kwargs)
         except click.ClickException as e:
             click.echo(f"error: {e.format_message()}", err=True)
             sys.exit(e.exit_code)
-        except click.Abort:
-            click.echo("error: aborted", err=True)
-            sys.exit(1)
+        except click.Abort:  # Ctrl-C before training started (Click prints a newline first)
+            click.echo("error: interrupted; nothing was written", err=True)
+            sys.exit(128 + signal.SIGINT)
 
 
 @click.group(cls=OneLineErrors,
@@ -147,12 +152,18 @@ def main() -> None:
     """Proximal Policy Optimization (PPO-Clip) on PyTorch and Gymnasium."""
 
 
+# ---------------------------------------------------------------- train
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
 @main.command()
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
-              help="TOML file of settings; flags override it.")
+              help="TOML file of settings; flags override it. An env given as module:Class "
+              "(or module:Id) in it is imported only when --env names it too.")
 @click.option("--preset", help="A shipped hyperparameter preset (see `ppo presets`).")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
-              help="Continue the run in this directory from its last checkpoint.")
+              help="Continue the run in this directory from its last valid checkpoint. "
+              "--env may name its env (needed for a module:Class env).")
 @click.option("--quiet", is_flag=True, help="No per-update lines.")
 @click.option("--nproc", type=click.IntRange(min=1),
               help="Train with N processes on this machine, each with its own envs: "
@@ -160,51 +171,307 @@ def main() -> None:
 @_config_options
 def train(config_file: Path | None, preset: str | None, resume_dir: Path | None, quiet: bool,
           nproc: int | None, **flags: Any) -> None:
-    """Train an agent. Plain `ppo train` trains LunarLander-v3 with the seed's settings."""
-    from ppo.trainer import PPO, Interrupted
-
+    """Train an agent. Plain `ppo train` trains LunarLander-v3 with the standard PPO settings
+    (Schulman et al. 2017)."""
     if nproc is not None and "WORLD_SIZE" in os.environ:
         raise UserError("--nproc launches torchrun, and this process already runs under "
                         "torchrun (WORLD_SIZE is set); give the process count to torchrun only")
     if nproc is not None and nproc > 1:
+        cores = os.cpu_count() or 1
+        if nproc > cores:
+            raise UserError(f"--nproc {nproc} is more processes than this machine's {cores} "
+                            "cores")
+        # Bad input is reported once, here, not by each of the processes.
+        _run_guarded(lambda: _check_train(config_file, preset, resume_dir, flags))
         sys.exit(_launch_torchrun(nproc, _worker_args(click.get_current_context())))
+    stdout = _ClosablePipe.install()
 
     def run() -> None:
-        given = _parse_flags(flags)
         if resume_dir is not None:
-            fixed = sorted(set(given) - RESUMABLE)
-            if fixed or config_file or preset:
-                raise ConfigError(
-                    "a resumed run keeps its config; only "
-                    f"{', '.join(sorted(RESUMABLE))} may be given with --resume")
-            agent = PPO.resume(resume_dir, verbose=not quiet, **given)
-            if agent.rank == 0:
-                click.echo(f"resuming {resume_dir} at update {agent.update}, "
-                           f"step {agent.global_step}", err=True)
+            if not (resume_dir / "config.toml").exists():
+                raise ConfigError(f"{resume_dir} is not a run directory (no config.toml)")
+            # Held from the first check to the last write: nobody changes the run in between.
+            with _run_lock(resume_dir):
+                agent = _resume(resume_dir, _parse_flags(flags), quiet, config_file, preset)
+                _train(agent, resume_dir, False, stdout)
         else:
-            values = load_preset(preset) if preset else {}
-            if config_file is not None:
-                values.update(load_toml(config_file))
-            values.update(given)
-            cfg = from_dict(values)
-            if cfg.run_dir is None:
-                cfg = cfg.replace(run_dir=default_run_dir(cfg))
-            if (Path(cfg.run_dir) / "config.toml").exists():
-                raise ConfigError(
-                    f"{cfg.run_dir} already holds a run; use --resume or another --run-dir")
-            agent = PPO(cfg, verbose=not quiet)
-            if agent.rank == 0:
-                click.echo(f"run directory: {cfg.run_dir}", err=True)
-        try:
-            agent.learn()
-        except Interrupted as e:
-            if agent.rank == 0:
-                click.echo(f"{e}; checkpoint written, resume with --resume", err=True)
-            sys.exit(128 + e.signum)
-        finally:
-            agent.close()
+            cfg = _fresh_config(config_file, preset, _parse_flags(flags))
+            with _stops_held_from_workers():
+                agent = _agent_class()(cfg, verbose=not quiet)
+            _train(agent, Path(cfg.run_dir), True, stdout)
 
     _run_guarded(run)
+
+
+def _agent_class() -> type:
+    from ppo.trainer import PPO
+
+    return PPO
+
+
+def _check_train(config_file: Path | None, preset: str | None, resume_dir: Path | None,
+                 flags: dict[str, Any]) -> None:
+    """Everything `ppo train` checks before it starts, without starting: for --nproc."""
+    given = _parse_flags(flags)
+    if resume_dir is not None:
+        _resume_point(resume_dir, given, config_file, preset)
+        return
+    cfg = _fresh_config(config_file, preset, given)
+    import gymnasium as gym
+
+    from ppo.envs import check_action_space, env_spec, obs_dim
+
+    env = gym.make(env_spec(cfg.env_id))
+    try:
+        obs_dim(env.observation_space)
+        check_action_space(env.action_space)
+    finally:
+        env.close()
+
+
+def _fresh_config(config_file: Path | None, preset: str | None,
+                  given: dict[str, Any]) -> Config:
+    """The config of a new run, checked with all that can be checked before its envs exist:
+    values, the env's origin, memory, the run directory."""
+    from ppo.checkpoint import run_files
+    from ppo.config import check_memory
+    from ppo.envs import env_spec
+
+    preset_values = load_preset(preset) if preset else {}
+    file_values = load_toml(config_file) if config_file is not None else {}
+    cfg = from_dict({**preset_values, **file_values, **given})
+    if cfg.run_dir is None:
+        cfg = cfg.replace(run_dir=default_run_dir(cfg))
+    # A module:Class env is imported only when the command line names it (README, Security).
+    origin = (None if "env_id" in given else str(config_file) if "env_id" in file_values
+              else f"preset {preset}" if "env_id" in preset_values else None)
+    env_spec(cfg.env_id, origin)
+    check_memory(cfg, 1, 1)  # the config alone; the agent checks again with the env's widths
+    run_dir = Path(cfg.run_dir)
+    if os.path.lexists(run_dir) and not run_dir.is_dir():
+        raise ConfigError(f"run directory {run_dir} exists and is not a directory")
+    if files := run_files(run_dir):
+        raise ConfigError(f"{run_dir} already holds a run ({', '.join(files)}); use --resume "
+                          "or another --run-dir")
+    parent = run_dir.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create run directory {run_dir}: {parent} is not a "
+                          "writable directory")
+    return cfg
+
+
+class _ResumePoint(NamedTuple):
+    checkpoint: Path
+    update: int
+    overrides: dict[str, Any]
+    notes: list[str]
+
+
+def _resume_point(run_dir: Path, given: dict[str, Any], config_file: Path | None,
+                  preset: str | None) -> _ResumePoint:
+    """Read-only: the checkpoint to resume from and what must be said about the run's files.
+    Every check a resume makes happens here, before anything is written."""
+    from ppo.checkpoint import check_meta, newest_valid_checkpoint
+    from ppo.envs import env_spec
+    from ppo.metrics import check_metrics
+
+    named_env = given.pop("env_id", None)
+    fixed = sorted(set(given) - RESUMABLE)
+    if fixed or config_file or preset:
+        raise ConfigError(
+            "a resumed run keeps its config; only "
+            f"{', '.join(sorted(RESUMABLE))} may be given with --resume (and --env, naming "
+            "its env)")
+    if not (run_dir / "config.toml").exists():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.toml)")
+    found = newest_valid_checkpoint(run_dir, check=lambda t, meta, path: check_meta(meta, path))
+    notes = [f"note: skipped checkpoint {why}" for why in found.skipped]
+    stored_env = found.meta["config"].get("env_id", Config().env_id)
+    if named_env is not None and named_env != stored_env:
+        raise ConfigError(f"a resumed run keeps its env, {stored_env}; --env may only name it")
+    env_spec(stored_env, None if named_env is not None else str(found.path))
+    repair = check_metrics(run_dir / "metrics.csv", found.meta["update"])
+    if found.skipped or repair.changed:
+        notes.append(f"note: resuming from {found.path.name}, update {found.meta['update']}")
+    return _ResumePoint(found.path, found.meta["update"], given, notes)
+
+
+def _resume(run_dir: Path, given: dict[str, Any], quiet: bool, config_file: Path | None,
+            preset: str | None) -> Any:
+    """The agent of a resumed run, its files repaired once every check has passed. The
+    caller holds the run directory."""
+    from ppo.metrics import check_metrics, repair_metrics
+
+    point = _resume_point(run_dir, given, config_file, preset)
+    with _stops_held_from_workers():
+        agent = _agent_class().load(point.checkpoint, verbose=not quiet, run_dir=str(run_dir),
+                                    **point.overrides)
+    if agent.rank == 0:
+        metrics = run_dir / "metrics.csv"
+        try:
+            notes = point.notes + repair_metrics(
+                metrics, check_metrics(metrics, point.update), point.update)
+        except BaseException:
+            _close(agent, failing=True)
+            raise
+        for note in notes:
+            click.echo(note, err=True)
+    return agent
+
+
+def _run_lock(run_dir: Path, create: bool = False) -> contextlib.AbstractContextManager:
+    """The run directory's writer lock, in the process that writes it (rank 0 under torchrun)."""
+    from ppo.checkpoint import run_dir_lock
+
+    if os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext(run_dir)
+    return run_dir_lock(run_dir, create=create)
+
+
+def _train(agent: Any, run_dir: Path, fresh: bool, stdout: _ClosablePipe) -> None:
+    """Hold the run directory and train; errors end as one line that names the run."""
+    from ppo.checkpoint import run_files
+    from ppo.trainer import Interrupted
+
+    failing = True
+    try:
+        with _run_lock(run_dir, create=fresh), _HangupAsTerm() as hangup:
+            if fresh and agent.rank == 0 and (files := run_files(run_dir)):
+                raise ConfigError(f"{run_dir} already holds a run ({', '.join(files)}); use "
+                                  "--resume or another --run-dir")
+            if agent.rank == 0:
+                stdout.echo(f"run directory: {run_dir}" if fresh else
+                            f"resuming {run_dir} at update {agent.update}, step "
+                            f"{agent.global_step}")
+            try:
+                agent.learn()
+            except Interrupted as e:
+                if agent.rank == 0:
+                    cause = ("standard output was closed (its reader exited)" if stdout.closed
+                             else "stopped by SIGHUP (the terminal closed)" if hangup.received
+                             else str(e).split(" after ")[0])
+                    click.echo(f"{cause}; stopped after update {agent.update} with a "
+                               f"checkpoint; continue with: ppo train --resume {run_dir}",
+                               err=True)
+                failing = False
+                signum = (signal.SIGPIPE if stdout.closed else
+                          signal.SIGHUP if hangup.received else e.signum)
+                sys.exit(128 + signum)
+            failing = False
+    except UserError:
+        raise
+    except Exception as e:
+        message = str(e)
+        if str(run_dir) not in message and not isinstance(e, ConfigError | OSError):
+            # The line must stand alone: say which run stopped.
+            raise type(e)(f"{message} (run directory {run_dir})") from None
+        raise
+    finally:
+        _close(agent, failing)
+
+
+def _close(agent: Any, failing: bool) -> None:
+    """Close the envs; when an error is already on its way out, a second one from closing
+    (a dead worker's pipe) must not replace it."""
+    try:
+        agent.close()
+    except Exception as e:
+        if not failing:
+            raise UserError(f"could not close the envs cleanly: {type(e).__name__}: {e}"
+                            ) from None
+
+
+@contextlib.contextmanager
+def _stops_held_from_workers() -> Iterator[None]:
+    """Subprocess env workers started in here never get Ctrl-C, SIGTERM or SIGHUP sent to the
+    process group (a terminal sends Ctrl-C to all): this process stops, checkpoints, then
+    closes them. Blocked, not ignored, so a signal that arrives meanwhile still reaches this
+    process when the block ends (workers inherit the blocked mask)."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class _HangupAsTerm:
+    """SIGHUP (the terminal closed) stops training like SIGTERM: after the update, with a
+    checkpoint. Outside training it ends the process as it would by default."""
+
+    def __init__(self) -> None:
+        self.received = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.SIG_IGN, None):
+            signal.signal(signal.SIGHUP, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGHUP)
+        else:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def __enter__(self) -> _HangupAsTerm:
+        self.previous = signal.signal(signal.SIGHUP, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        signal.signal(signal.SIGHUP, self.previous)
+
+
+class _ClosablePipe:
+    """stdout for `ppo train`: when its reader goes away (`ppo train | head`), the run stops
+    after the current update with a checkpoint, as on Ctrl-C, and writes nothing more there.
+    Stopping (not training on unseen) is what a closed pipe asks of a producer; the
+    checkpoint makes the stop lossless."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.closed = False
+
+    @classmethod
+    def install(cls) -> _ClosablePipe:
+        if sys.stdout is None:  # started with stdout closed
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's lifetime)
+        guard = cls(sys.stdout)
+        sys.stdout = guard
+        return guard
+
+    def write(self, text: str) -> int:
+        if self.closed:
+            return len(text)
+        try:
+            return self.stream.write(text)
+        except BrokenPipeError:
+            self._reader_gone()
+            return len(text)
+
+    def flush(self) -> None:
+        if not self.closed:
+            try:
+                self.stream.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+
+    def echo(self, line: str) -> None:
+        self.write(line + "\n")
+        self.flush()
+
+    def _reader_gone(self) -> None:
+        self.closed = True
+        # Later writes, and the interpreter's last flush, go nowhere instead of failing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.stream.fileno())
+        os.close(devnull)
+        if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+            os.kill(os.getpid(), signal.SIGTERM)  # training: stop after this update
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+# ---------------------------------------------------------------- eval
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
 
 
 @main.command("eval")
@@ -212,29 +479,68 @@ def train(config_file: Path | None, preset: str | None, resume_dir: Path | None,
 @click.option("--episodes", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--deterministic", is_flag=True, help="Take the mode of the policy.")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
-              help="Checkpoint file (default: the run's latest).")
-@click.option("--seed", default=10_000, show_default=True,
+              help="Checkpoint file (default: the run's latest valid one).")
+@click.option("--seed", default=10_000, show_default=True, type=click.IntRange(0, 2**63 - 1),
               help="Seed of the evaluation episodes, kept apart from training seeds.")
-@click.option("--video", type=click.Path(path_type=Path), help="Record one episode to this .mp4.")
+@click.option("--video", type=click.Path(path_type=Path),
+              help="Record one episode to this video file (.mp4, .mkv or .mov).")
+@click.option("--env", "env_id", help="Evaluate on this env (default: the run's). An env given "
+              "as module:Class (or module:Id) is imported only when named here.")
 def eval_command(run_dir: Path, episodes: int, deterministic: bool, checkpoint: Path | None,
-                 seed: int, video: Path | None) -> None:
+                 seed: int, video: Path | None, env_id: str | None) -> None:
     """Mean and std of the return of a trained agent, over fresh episodes."""
+    from ppo.checkpoint import check_meta, load_checkpoint, newest_valid_checkpoint
+    from ppo.envs import env_spec
     from ppo.evaluation import evaluate, record_video
-    from ppo.trainer import PPO
 
     def run() -> None:
-        if not run_dir.is_dir():
+        if not run_dir.exists():
             raise ConfigError(f"run directory not found: {run_dir}")
-        agent = PPO.load(checkpoint or run_dir, verbose=False, num_envs=1, vector="sync")
-        returns = evaluate(agent, episodes, deterministic, seed)
-        mode = "deterministic" if deterministic else "stochastic"
-        click.echo(f"{agent.config.env_id}: return {returns.mean():.1f} +- {returns.std():.1f} "
-                   f"over {episodes} episodes ({mode}, update {agent.update})")
+        if not run_dir.is_dir():
+            raise ConfigError(f"{run_dir} is not a run directory")
         if video is not None:
-            click.echo(f"video: {record_video(agent, video, deterministic, seed)}")
-        agent.close()
+            _check_video_path(video)
+        source = checkpoint if checkpoint is not None else run_dir
+        if source.is_dir():
+            found = newest_valid_checkpoint(source, check=lambda t, m, p: check_meta(m, p))
+            for why in found.skipped:
+                click.echo(f"note: skipped checkpoint {why}", err=True)
+            path, meta = found.path, found.meta
+        else:
+            path, (_, meta) = source, load_checkpoint(source)
+            check_meta(meta, path)
+        env_spec(env_id or meta["config"].get("env_id", Config().env_id),
+                 None if env_id else str(path))
+        overrides = {"num_envs": 1, "vector": "sync", **({"env_id": env_id} if env_id else {})}
+        agent = _agent_class().load(path, verbose=False, **overrides)
+        failing = True
+        try:
+            returns = evaluate(agent, episodes, deterministic, seed)
+            mode = "deterministic" if deterministic else "stochastic"
+            click.echo(f"{agent.config.env_id}: return {returns.mean():.1f} +- "
+                       f"{returns.std():.1f} over {episodes} episodes ({mode}, update "
+                       f"{agent.update})")
+            if video is not None:
+                click.echo(f"video: {record_video(agent, video, deterministic, seed)}")
+            failing = False
+        finally:
+            _close(agent, failing)
 
     _run_guarded(run)
+
+
+def _check_video_path(video: Path) -> None:
+    """Refuse, before evaluating, a video path that cannot be written as a video."""
+    if video.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ConfigError(f"--video {video}: give a video file name ending in "
+                          f"{', '.join(VIDEO_SUFFIXES)}")
+    if os.path.lexists(video) and not video.is_file():
+        raise ConfigError(f"--video {video} exists and is not a regular file")
+    parent = video.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--video {video}: {parent} is not a writable directory")
 
 
 @main.command()
@@ -257,10 +563,15 @@ def plot(targets: tuple[str, ...], eps: float, out: Path | None) -> None:
     from ppo import figures
 
     def run() -> None:
+        if out is not None and out.suffix.lower() not in figures.FORMATS:
+            raise ConfigError(f"--out {out}: give an image name ending in "
+                              f"{', '.join(figures.FORMATS)}")
         if targets == ("objective",):
             path = figures.plot_objective(eps, out or Path(f"objective_eps{eps}.png"))
         else:
             dirs = [Path(t) for t in targets]
+            for d in dirs:
+                _check_run_files_readable(d)
             path = figures.plot_runs(dirs, out or dirs[0] / "curves.png")
         click.echo(str(path))
 
@@ -268,6 +579,18 @@ def plot(targets: tuple[str, ...], eps: float, out: Path | None) -> None:
         _run_guarded(run)
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def _check_run_files_readable(run_dir: Path) -> None:
+    """A run directory whose files are regular and of bounded size (a FIFO would hang)."""
+    from ppo.metrics import METRICS_MAX_BYTES
+
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory not found: {run_dir}")
+    if os.path.lexists(run_dir / "config.toml"):
+        load_toml(run_dir / "config.toml", "run config")
+    if os.path.lexists(run_dir / "metrics.csv"):
+        read_regular_file(run_dir / "metrics.csv", "metrics file", METRICS_MAX_BYTES)
 
 
 @main.command()
@@ -292,7 +615,7 @@ def experiment(name: str, out: Path, seeds: int | None, steps: int | None, jobs:
 @main.command()
 @click.argument("layer", type=click.Choice(["numpy"]))
 @click.option("--env", "env_id", default="CartPole-v1", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--iterations", default=300, show_default=True, type=click.IntRange(min=1))
 @click.option("--target-return", type=float, default=475.0, show_default=True,
               help="Stop once the mean return of the last 100 episodes reaches this.")
@@ -300,8 +623,35 @@ def layers(layer: str, env_id: str, seed: int, iterations: int, target_return: f
     """The seed's first layer: PPO-Clip in NumPy with hand-derived gradients."""
     from ppo.reference.numpy_ppo import train as numpy_train
 
-    _run_guarded(lambda: numpy_train(env_id=env_id, seed=seed, iterations=iterations,
-                                     target_return=target_return))
+    def run() -> None:
+        _check_numpy_env(env_id)
+        numpy_train(env_id=env_id, seed=seed, iterations=iterations,
+                    target_return=target_return)
+
+    _run_guarded(run)
+
+
+def _check_numpy_env(env_id: str) -> None:
+    """The NumPy PPO takes flat Box observations and Discrete actions."""
+    import gymnasium as gym
+    from gymnasium import spaces
+
+    from ppo.envs import env_spec
+
+    try:
+        env = gym.make(env_spec(env_id))
+    except ConfigError:
+        raise
+    except Exception as e:  # an env's constructor can raise anything
+        raise ConfigError(f"cannot make env {env_id!r}: {type(e).__name__}: {e}") from None
+    obs, act = env.observation_space, env.action_space
+    env.close()
+    if not (isinstance(obs, spaces.Box) and len(obs.shape) == 1
+            and isinstance(act, spaces.Discrete)):
+        raise ConfigError(
+            f"the NumPy PPO takes envs with flat Box observations and Discrete actions "
+            f"(CartPole-v1, Acrobot-v1, LunarLander-v3); {env_id} has "
+            f"{type(obs).__name__} observations and {type(act).__name__} actions")
 
 
 if __name__ == "__main__":

@@ -31,11 +31,23 @@ def _make_replayable(make: Callable[[], gym.Env], index: int) -> gym.Env:
     return ReplayableEpisodes(make(), index)
 
 
-def env_spec(env_id: str) -> EnvSpec:
+def env_spec(env_id: str, origin: str | None = None) -> EnvSpec:
     """Spec of a registered id, of 'module:Id' (importing module registers Id), or of a
-    'module:Class' entry point."""
+    'module:Class' entry point.
+
+    `origin` says where env_id comes from: None when the user named it (the command line,
+    or an argument in their own code); else the file it was read from (a checkpoint, a
+    config file, a preset). An id with a module part imports that module, which runs its
+    code, so one read from a file is refused unless the user names it too: a file never
+    makes ppo import anything.
+    """
     if ":" in env_id:
         module, name = env_id.split(":", 1)
+        if origin is not None:
+            raise ConfigError(
+                f"{origin} names env {env_id!r}, which would import module {module!r}; ppo "
+                f"imports no module on a file's say-so: name it yourself with --env {env_id} "
+                f"(in Python: env_id={env_id!r})")
         try:
             importlib.import_module(module)
         except Exception as e:
