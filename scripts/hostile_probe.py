@@ -244,8 +244,10 @@ def _child(fn, cwd, out, err, stdin, limits) -> None:
         os.chdir(cwd)
         sys.path.insert(0, str(cwd))
         sys.argv = ["ppo"]
+        # As a process started from a terminal has them, even if this probe runs under nohup.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
         result = fn()
         code = result if isinstance(result, int) else 0
     except SystemExit as e:
@@ -336,7 +338,8 @@ def real_ppo(work: Path, *args: Any, timeout: float = 120, shell_suffix: str = "
     command = " ".join([sys.executable, "-m", "ppo", *(_q(a) for a in args)]) + shell_suffix
     proc = subprocess.Popen(["bash", "-c", command], cwd=work, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": pythonpath, **(env or {})})
+                            env={**os.environ, "PYTHONPATH": pythonpath, **(env or {})},
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         out, err = proc.communicate(timeout=timeout)
         return Result(proc.returncode, out, err)
@@ -912,7 +915,8 @@ def _sparse(name: str, size: int):
 
 
 def cat4() -> None:
-    fresh = ["--rollout-steps", 64, "--minibatch-size", 32, "--run-dir", "fresh"]
+    fresh = ["--rollout-steps", 64, "--minibatch-size", 32, "--total-timesteps", 64,
+             "--no-tensorboard", "--run-dir", "fresh"]
     for label, setup, arg in (
         ("/dev/zero", None, "/dev/zero"), ("/dev/urandom", None, "/dev/urandom"),
         ("a FIFO", _fifo("cfg.toml"), "cfg.toml"), ("a directory", None, "run"),
@@ -1351,11 +1355,15 @@ def full_disk(work: Path) -> Result:
 
 
 def cat9() -> None:
-    for label, video in (("no extension", "episode"), (".txt", "episode.txt"),
-                         ("a directory", "run"), ("/dev/full", "/dev/full.mp4")):
+    for label, video, setup in (
+            ("no extension", "episode", None), (".txt", "episode.txt", None),
+            ("a directory", "run", None), ("/dev/full", "/dev/full", None),
+            ("an .mp4 link to /dev/full", "x.mp4", _link("x.mp4", "/dev/full")),
+            ("an .mp4 below a regular file", "afile/x.mp4",
+             lambda w: (w / "afile").write_text("x"))):
         attempt(9, f"eval --video to {label}",
                 cli("eval", "run", "--episodes", 1, "--video", video),
-                refused("video"))
+                refused("video"), setup=setup)
     attempt(9, "eval --video to a fresh .mp4 works",
             cli("eval", "run", "--episodes", 1, "--video", "out/ep.mp4"),
             works(lambda r, w: None if (w / "out" / "ep.mp4").stat().st_size > 1000 else

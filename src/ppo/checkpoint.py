@@ -315,7 +315,8 @@ def newest_valid_checkpoint(
                 check(tensors, meta, path)
             return ValidCheckpoint(path, tensors, meta, skipped)
         except CheckpointError as e:
-            skipped.append(f"{path.name}: {str(e).replace(str(path), 'it')}")
+            why = str(e).replace(f"checkpoint {path}", "it").replace(str(path), "it")
+            skipped.append(f"{path.name}: {why}")
     raise CheckpointError(f"no valid checkpoint in {run_dir}: " + "; ".join(skipped[:3])
                           + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""))
 

@@ -384,20 +384,27 @@ def read_regular_file(path: str | Path, what: str, limit: int,
         raise error(f"{what} not found: {path}") from None
     except OSError as e:
         raise error(f"cannot read {what} {path}: {e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
+    try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise error(f"{what} {path} is {_file_kind(st.st_mode)}, not a regular file")
         if st.st_size > limit:
             raise error(f"{what} {path} is {st.st_size:,} bytes, more than the {limit:,} "
                         f"a {what} may have")
-        try:
-            data = f.read(limit + 1)  # +1: a file that grew past the limit since fstat
-        except OSError as e:
-            raise error(f"cannot read {what} {path}: {e.strerror}") from None
-    if len(data) > limit:
+        chunks, size = [], 0
+        while size <= limit:  # to limit + 1: a file that grew past the limit since fstat
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if size > limit:
         raise error(f"{what} {path} is more than the {limit:,} bytes a {what} may have")
-    return data
+    return b"".join(chunks)
 
 
 def _file_kind(mode: int) -> str:

@@ -136,6 +136,7 @@ def _fmt(value: Any) -> Any:
 
 
 METRICS_MAX_BYTES = 1 << 30
+LINE_END = "\r\n"  # what csv.writer ends rows with, and so the logger appends
 
 
 class MetricsRepair(NamedTuple):
@@ -154,7 +155,7 @@ def check_metrics(path: Path, last_update: int) -> MetricsRepair:
     (a line that is no row, NUL bytes, bad UTF-8, a missing or foreign header, duplicates,
     disorder) is damage. Raises RunDirError for a file that is not a regular one."""
     path = Path(path)
-    header = ",".join(COLUMNS) + "\n"
+    header = ",".join(COLUMNS) + LINE_END
     if not os.path.lexists(path):
         missing = list(range(1, last_update + 1))
         return MetricsRepair(header, bool(missing), None, missing)
@@ -169,7 +170,7 @@ def check_metrics(path: Path, last_update: int) -> MetricsRepair:
         problems.append("holds NUL bytes")
         text = text.replace("\0", "")
     lines = [line.removesuffix("\r") for line in text.split("\n")[:-1]]  # the tail: unfinished
-    if lines and lines[0] + "\n" == header:
+    if lines and lines[0] + LINE_END == header:
         lines = lines[1:]
     elif lines and _parse_row(lines[0]) is None:
         problems.append("has an unexpected header")
@@ -185,7 +186,7 @@ def check_metrics(path: Path, last_update: int) -> MetricsRepair:
             continue
         if update in rows:
             problems.append(f"has update {update} twice")
-        rows[update] = line + "\n"
+        rows[update] = line + LINE_END
         order.append(update)
     if order != sorted(order):
         problems.append("has its rows out of order")
@@ -229,7 +230,7 @@ def repair_metrics(path: Path, repair: MetricsRepair, last_update: int) -> list[
             aside = path.with_name(f"{path.name}.damaged-{stamp}-{suffix}")
             suffix += 1
         os.rename(path, aside)
-        kept = repair.text.count("\n") - 1
+        kept = repair.text.count(LINE_END) - 1
         notes.append(f"note: {path} {repair.damage}; kept it as {aside.name}, and the new one "
                      f"holds its {kept} valid rows up to update {last_update}")
     write_atomic(path, repair.text.encode())
