@@ -157,11 +157,12 @@ def test_write_atomic_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     assert path.read_bytes() == b"old"
 
     def failing_replace(src, dst):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ppo.checkpoint.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="No space left on device") as info:
         write_atomic(path, b"new contents")
+    assert info.value.filename == str(path)  # the error names the file it could not write
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.bin"]
 
