@@ -30,6 +30,7 @@ from ppo.config import ConfigError, from_dict, read_regular_file
 FORMAT = "ppo-checkpoint/1"
 HEADER_KEYS = {"format", "sha256", "meta", "meta_sha256"}
 CHECKPOINT_MAX_BYTES = 4 << 30
+SAFETENSORS_HEADER_MAX = 100_000_000  # the format's own bound
 CHECKPOINT_NAME = re.compile(r"^update_(\d+)\.safetensors$")
 
 
@@ -88,7 +89,8 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     every tensor. What the tensors and metadata must hold is `check_checkpoint`'s part.
     """
     path = Path(path)
-    data = read_regular_file(path, "checkpoint", CHECKPOINT_MAX_BYTES, CheckpointError)
+    data = read_regular_file(path, "checkpoint", CHECKPOINT_MAX_BYTES, CheckpointError,
+                             inspect=lambda fd, size: _check_layout(path, fd, size))
     try:
         tensors = load_safetensors(data)
         header_len = int.from_bytes(data[:8], "little")
@@ -118,6 +120,23 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         if (t.is_floating_point() or t.is_complex()) and not torch.isfinite(t).all():
             raise CheckpointError(f"{path} holds non-finite values (NaN or Inf) in {name}")
     return tensors, meta
+
+
+def _check_layout(path: Path, fd: int, size: int) -> None:
+    """Refuse a file whose safetensors header does not describe exactly its size, from the
+    header alone: a large file of garbage is refused without being read."""
+    try:
+        header_len = int.from_bytes(os.pread(fd, 8, 0), "little")
+        if size < 8 or header_len > min(size - 8, SAFETENSORS_HEADER_MAX):
+            raise ValueError(f"{size} bytes, too short for its header")
+        header = json.loads(os.pread(fd, header_len, 8))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise CheckpointError(f"{path} is not a valid ppo checkpoint ({e})") from None
+    if 8 + header_len + end != size:
+        raise CheckpointError(f"{path} is not a valid ppo checkpoint: it is {size:,} bytes, "
+                              f"its header describes {8 + header_len + end:,}")
 
 
 class TensorSpec(NamedTuple):

@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import multiprocessing
 import os
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -31,16 +32,21 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
-def _run_guarded(fn: Callable[[], Any]) -> Any:
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors that report bad input or a failed run, as one line without a traceback."""
     from ppo.checkpoint import CheckpointError, RunDirError
     from ppo.distributed import DistributedError
     from ppo.rollout import EnvValueError, EnvWorkerError
     from ppo.trainer import NonFiniteError
 
+    return (ConfigError, CheckpointError, RunDirError, EnvValueError, EnvWorkerError,
+            NonFiniteError, DistributedError)
+
+
+def _run_guarded(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
-    except (ConfigError, CheckpointError, RunDirError, EnvValueError, EnvWorkerError,
-            NonFiniteError, DistributedError) as e:
+    except _user_errors() as e:
         raise UserError(str(e)) from None
     except OSError as e:
         raise UserError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
@@ -142,7 +148,7 @@ class OneLineErrors(click.Group):
             click.echo(f"error: {e.format_message()}", err=True)
             sys.exit(e.exit_code)
         except click.Abort:  # Ctrl-C before training started (Click prints a newline first)
-            click.echo("error: interrupted; nothing was written", err=True)
+            click.echo("error: interrupted before training started", err=True)
             sys.exit(128 + signal.SIGINT)
 
 
@@ -196,8 +202,7 @@ def train(config_file: Path | None, preset: str | None, resume_dir: Path | None,
                 _train(agent, resume_dir, False, stdout)
         else:
             cfg = _fresh_config(config_file, preset, _parse_flags(flags))
-            with _stops_held_from_workers():
-                agent = _agent_class()(cfg, verbose=not quiet)
+            agent = _build(lambda: _agent_class()(cfg, verbose=not quiet))
             _train(agent, Path(cfg.run_dir), True, stdout)
 
     _run_guarded(run)
@@ -305,9 +310,8 @@ def _resume(run_dir: Path, given: dict[str, Any], quiet: bool, config_file: Path
     from ppo.metrics import check_metrics, repair_metrics
 
     point = _resume_point(run_dir, given, config_file, preset)
-    with _stops_held_from_workers():
-        agent = _agent_class().load(point.checkpoint, verbose=not quiet, run_dir=str(run_dir),
-                                    **point.overrides)
+    agent = _build(lambda: _agent_class().load(point.checkpoint, verbose=not quiet,
+                                               run_dir=str(run_dir), **point.overrides))
     if agent.rank == 0:
         metrics = run_dir / "metrics.csv"
         try:
@@ -360,40 +364,50 @@ def _train(agent: Any, run_dir: Path, fresh: bool, stdout: _ClosablePipe) -> Non
                           signal.SIGHUP if hangup.received else e.signum)
                 sys.exit(128 + signum)
             failing = False
-    except UserError:
-        raise
-    except Exception as e:
+    except _user_errors() as e:
         message = str(e)
-        if str(run_dir) not in message and not isinstance(e, ConfigError | OSError):
-            # The line must stand alone: say which run stopped.
-            raise type(e)(f"{message} (run directory {run_dir})") from None
-        raise
+        if str(run_dir) not in message:  # the line must stand alone: say which run stopped
+            message += f" (run directory {run_dir})"
+        raise UserError(message) from None
     finally:
         _close(agent, failing)
 
 
 def _close(agent: Any, failing: bool) -> None:
     """Close the envs; when an error is already on its way out, a second one from closing
-    (a dead worker's pipe) must not replace it."""
+    (a dead worker's pipe) must not replace it. Env worker processes still alive after a
+    failure are killed: they ignore the stop signals (see _build), and would otherwise be
+    waited for forever at exit."""
     try:
         agent.close()
     except Exception as e:
-        if not failing:
-            raise UserError(f"could not close the envs cleanly: {type(e).__name__}: {e}"
-                            ) from None
+        failing_close = f"could not close the envs cleanly: {type(e).__name__}: {e}"
+    else:
+        failing_close = None
+    if failing or failing_close:
+        for child in multiprocessing.active_children():
+            child.kill()
+    if failing_close and not failing:
+        raise UserError(failing_close)
 
 
-@contextlib.contextmanager
-def _stops_held_from_workers() -> Iterator[None]:
-    """Subprocess env workers started in here never get Ctrl-C, SIGTERM or SIGHUP sent to the
-    process group (a terminal sends Ctrl-C to all): this process stops, checkpoints, then
-    closes them. Blocked, not ignored, so a signal that arrives meanwhile still reaches this
-    process when the block ends (workers inherit the blocked mask)."""
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+def _build(make: Callable[[], Any]) -> Any:
+    """The agent `make` builds, its subprocess env workers deaf to Ctrl-C, SIGTERM and
+    SIGHUP sent to the process group (a terminal sends Ctrl-C to all): this process stops
+    after the update, checkpoints, then closes them. Blocked, not ignored: workers inherit
+    the blocked mask, and a signal that arrives meanwhile reaches this process after."""
+    agent = None
     try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            agent = make()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a pending Ctrl-C: here
+    except BaseException:
+        if agent is not None:
+            _close(agent, failing=True)
+        raise
+    return agent
 
 
 class _HangupAsTerm:

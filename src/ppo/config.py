@@ -15,6 +15,7 @@ import re
 import resource
 import stat
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -372,11 +373,13 @@ TOML_MAX_BYTES = 1 << 20
 
 
 def read_regular_file(path: str | Path, what: str, limit: int,
-                      error: type[Exception] = ConfigError) -> bytes:
+                      error: type[Exception] = ConfigError,
+                      inspect: Callable[[int, int], None] | None = None) -> bytes:
     """The bytes of `path` if it is a regular file of at most `limit` bytes, else `error`
     with one line naming it. Devices, FIFOs, sockets and directories are refused before any
     read: /dev/zero never ends, and opening a FIFO waits for a writer (hence O_NONBLOCK,
-    which does nothing to a regular file)."""
+    which does nothing to a regular file). `inspect(fd, size)` may refuse the file from its
+    first bytes (os.pread) before the whole of it is read."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
@@ -391,6 +394,8 @@ def read_regular_file(path: str | Path, what: str, limit: int,
         if st.st_size > limit:
             raise error(f"{what} {path} is {st.st_size:,} bytes, more than the {limit:,} "
                         f"a {what} may have")
+        if inspect is not None:
+            inspect(fd, st.st_size)
         chunks, size = [], 0
         while size <= limit:  # to limit + 1: a file that grew past the limit since fstat
             chunk = os.read(fd, limit + 1 - size)
