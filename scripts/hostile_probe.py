@@ -1198,7 +1198,7 @@ def cat6() -> None:
         ("NUL padding at the end of metrics.csv", lambda t: t.encode() + b"\0" * 4096, [1, 2]),
         ("NUL bytes replacing the last row", lambda t: "".join(_lines(t)[:2]).encode()
          + b"\0" * len(_lines(t)[2]), [1]),
-        ("an empty metrics.csv", lambda t: "", []),
+        ("an empty metrics.csv", lambda t: "", []),  # nothing to keep aside
         ("metrics.csv without its header", lambda t: "".join(_lines(t)[1:]), [1, 2]),
         ("a duplicated row", lambda t: "".join(_lines(t) + _lines(t)[1:2]), [1, 2]),
         ("rows out of order", lambda t: "".join(_lines(t)[:1] + _lines(t)[2:] + _lines(t)[1:2]),

@@ -323,3 +323,159 @@ def test_broken_preset_file_is_one_line_error(monkeypatch, tmp_path):
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert result.output.strip().startswith("error:") and "not valid TOML" in result.output
+
+
+# ---------------------------------------------------------------- hostile input
+def test_run_files_without_config_make_a_run(run_copy):
+    (run_copy / "config.toml").unlink()
+    for keep in ("checkpoints", "metrics.csv"):
+        before = _snapshot(run_copy)
+        result = _invoke("train", *SMALL, "--total-timesteps", 64, "--run-dir", run_copy)
+        _assert_user_error(result, "already holds a run", keep)
+        assert _snapshot(run_copy) == before
+        shutil.rmtree(run_copy / keep) if keep == "checkpoints" else (run_copy / keep).unlink()
+
+
+def test_a_second_writer_is_refused(run_copy):
+    """Another process holds the run: a resume or a fresh run into it stops before writing."""
+    script = ("import sys, time\nfrom ppo.checkpoint import run_dir_lock\n"
+              "with run_dir_lock(sys.argv[1]):\n    print('held', flush=True)\n"
+              "    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(run_copy)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = _snapshot(run_copy)
+        _assert_user_error(_invoke("train", "--resume", run_copy, "--total-timesteps", 256),
+                           f"run directory {run_copy} is in use by another process (pid "
+                           f"{holder.pid})")
+        assert _snapshot(run_copy) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    result = _invoke("train", "--resume", run_copy, "--total-timesteps", 192)
+    assert result.exit_code == 0, result.output  # the OS released the dead holder's lock
+    assert not (run_copy / ".lock").exists()
+
+
+def test_resume_repairs_damaged_metrics_and_keeps_them_aside(run_copy):
+    metrics = run_copy / "metrics.csv"
+    damaged = metrics.read_bytes() + b"garbage\x00\n" + b"\x00" * 100
+    metrics.write_bytes(damaged)
+    result = _invoke("train", "--resume", run_copy, "--total-timesteps", 192)
+    assert result.exit_code == 0, result.output
+    aside = list(run_copy.glob("metrics.csv.damaged-*"))
+    assert [a.read_bytes() for a in aside] == [damaged]
+    assert f"note: {metrics} holds NUL bytes" in result.stderr and aside[0].name in result.stderr
+    rows = metrics.read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3]
+
+
+def test_resume_checks_everything_before_writing(run_copy):
+    """A metrics.csv that cannot be read stops the resume before config.toml is rewritten."""
+    (run_copy / "metrics.csv").unlink()
+    os.mkfifo(run_copy / "metrics.csv")
+    before = _snapshot(run_copy)
+    _assert_user_error(_invoke("train", "--resume", run_copy), "metrics.csv is a FIFO")
+    assert _snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize(("flags", "needles"), [
+    (["--lr", "inf"], ["lr must be a finite number in (0, 1]"]),
+    (["--ent-coef", "nan"], ["ent_coef"]),
+    (["--seed", "-1"], ["seed must be in [0, 2^63-1], got -1"]),
+    (["--threads", "100000"], ["threads"]),
+    (["--hidden-sizes", "100000,100000"], ["needs about", "GB of memory"]),
+    (["--num-envs", "100000", "--vector", "async"], ["num_envs"]),
+    (["--config", "/dev/zero"], ["/dev/zero is a character device, not a regular file"]),
+    (["--run-dir", ""], ["run_dir"]),
+])
+def test_numbers_and_files_no_run_can_use(tmp_path, flags, needles):
+    fresh = tmp_path / "fresh"
+    args = ["train", *SMALL, "--total-timesteps", 64, "--run-dir", fresh, *flags]
+    _assert_user_error(_invoke(*args), *needles)
+    assert not fresh.exists()
+
+
+def test_eval_refuses_a_video_path_before_evaluating(run_dir, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for video, needle in [(tmp_path / "episode", "ending in .mp4, .mkv, .mov"),
+                          (tmp_path / "episode.txt", "ending in .mp4"),
+                          (run_dir / "checkpoints", "ending in .mp4"),
+                          (tmp_path / "afile" / "x.mp4", "is not a writable directory")]:
+        result = _invoke("eval", run_dir, "--episodes", 1, "--video", video)
+        _assert_user_error(result, "--video", needle)
+        assert result.stdout == ""  # refused before evaluating
+
+
+def test_layers_checks_its_env_first():
+    _assert_user_error(_invoke("layers", "numpy", "--env", "Nope-v0"), "unknown env id 'Nope-v0'")
+    _assert_user_error(_invoke("layers", "numpy", "--env", "Pendulum-v1"),
+                       "flat Box observations and Discrete actions", "Pendulum-v1 has Box "
+                       "observations and Box actions")
+    _assert_user_error(_invoke("layers", "numpy", "--seed", -1), "--seed")
+
+
+def test_nproc_checks_the_config_once_before_launching(tmp_path, monkeypatch):
+    import ppo.cli
+
+    def launch(*args):
+        raise AssertionError("torchrun was launched")
+
+    monkeypatch.setattr(ppo.cli, "_launch_torchrun", launch)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    _assert_user_error(_invoke("train", "--nproc", 2, "--env", "Nope-v0", "--run-dir",
+                               tmp_path / "fresh"), "unknown env id 'Nope-v0'")
+    _assert_user_error(_invoke("train", "--nproc", 2, "--env", "Blackjack-v1", "--run-dir",
+                               tmp_path / "fresh"), "unsupported observation space")
+    _assert_user_error(_invoke("train", "--nproc", 100, "--run-dir", tmp_path / "fresh"),
+                       "--nproc 100 is more processes than this machine's 4 cores")
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_no_command_prints_the_help():
+    result = _invoke()
+    assert result.exit_code == 0 and "Commands:" in result.stdout and result.stderr == ""
+
+
+def test_ctrl_c_before_training_is_one_line(tmp_path, monkeypatch):
+    from ppo.trainer import PPO
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PPO, "__init__", interrupted)
+    result = _invoke("train", *SMALL, "--run-dir", tmp_path / "fresh")
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "error: interrupted before training started"
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_an_error_during_training_is_one_line_naming_the_run(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    fresh = tmp_path / "fresh"
+    proc = subprocess.run(
+        [Path(sys.executable).parent / "ppo", "train", "--env", "helpers_envs:NaNRewardEnv",
+         "--rollout-steps", "64", "--minibatch-size", "32", "--no-tensorboard",
+         "--total-timesteps", "640", "--run-dir", str(fresh)],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert f"(run directory {fresh})" in lines[0]
+    assert proc.stdout.startswith(f"run directory: {fresh}\n")
+
+
+def test_stdout_closed_by_its_reader_stops_with_a_checkpoint(tmp_path):
+    """`ppo train | head -n 1`: the run stops after the update, checkpoint written."""
+    run = tmp_path / "run"
+    command = (f"{Path(sys.executable).parent / 'ppo'} train {' '.join(SMALL[:-1])} "
+               f"--total-timesteps 640000 --checkpoint-every 1000 --run-dir {run} "
+               f"2>{tmp_path / 'err'} | head -n 1; echo ${{PIPESTATUS[0]}} > {tmp_path / 'rc'}")
+    subprocess.run(["bash", "-c", command], timeout=120, check=True, capture_output=True)
+    assert (tmp_path / "rc").read_text().strip() == "141"
+    err = (tmp_path / "err").read_text()
+    assert err.startswith("standard output was closed (its reader exited); stopped after update")
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    updates = len((run / "metrics.csv").read_text().splitlines()) - 1
+    assert latest_checkpoint(run).name == f"update_{updates:06d}.safetensors"

@@ -8,9 +8,11 @@ import datetime
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -43,11 +45,19 @@ def _user_errors() -> tuple[type[Exception], ...]:
             NonFiniteError, DistributedError)
 
 
+def _as_user_error(e: Exception, message: str | None = None) -> UserError:
+    from ppo.distributed import DistributedError
+
+    error = UserError(str(e) if message is None else message)
+    error.secondary = isinstance(e, DistributedError)  # likely another rank's failure
+    return error
+
+
 def _run_guarded(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
     except _user_errors() as e:
-        raise UserError(str(e)) from None
+        raise _as_user_error(e) from None
     except OSError as e:
         raise UserError(f"{e.strerror or e}: {e.filename}" if e.filename else str(e)) from None
 
@@ -110,22 +120,68 @@ def _worker_args(ctx: click.Context) -> list[str]:
     return args
 
 
+# torchrun without its traceback when a worker fails: the worker has said why, in one line.
+TORCHRUN = """import logging, sys
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import parse_args, run
+logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+try:
+    run(parse_args(sys.argv[1:]))
+except ChildFailedError as e:
+    codes = [f.exitcode for f in e.failures.values()]
+    sys.exit(next((c for c in codes if 0 < c < 256), 1))
+"""
+# Where the workers of `--nproc` leave their error line for the launcher to print once.
+ERRORS_DIR_ENV = "PPO_NPROC_ERRORS"
+
+
 def _launch_torchrun(nproc: int, args: list[str]) -> int:
-    """`torchrun --standalone --nproc-per-node N -m ppo train ARGS`; returns its exit status."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "ppo", "train", *args]
+    """`torchrun --standalone --nproc-per-node N -m ppo train ARGS`; returns its exit status.
+    Each worker's error line goes to a file; the distinct ones are printed here, once."""
+    errors = Path(tempfile.mkdtemp(prefix="ppo-nproc-"))
+    command = [sys.executable, "-c", TORCHRUN, "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "ppo", "train", *args]
     # One thread per rank, as torchrun would set, without its warning about it.
-    process = subprocess.Popen(command, env={"OMP_NUM_THREADS": "1", **os.environ})
-    # Ctrl-C reaches torchrun and the workers directly; SIGTERM is passed on. Either way the
-    # workers finish their update and checkpoint; wait for them.
-    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-                signal.SIGTERM: signal.signal(signal.SIGTERM,
-                                              lambda signum, _: process.send_signal(signum))}
+    env = {"OMP_NUM_THREADS": "1", **os.environ, ERRORS_DIR_ENV: str(errors)}
     try:
-        return process.wait()
+        process = subprocess.Popen(command, env=env)
+        # Ctrl-C reaches torchrun and the workers directly; SIGTERM is passed on. Either way
+        # the workers finish their update and checkpoint; wait for them.
+        previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                    signal.SIGTERM: signal.signal(signal.SIGTERM,
+                                                  lambda signum, _: process.send_signal(signum))}
+        try:
+            status = process.wait()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        for line in _worker_errors(errors):
+            click.echo(line, err=True)
+        return status
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        shutil.rmtree(errors, ignore_errors=True)
+
+
+def _worker_errors(errors: Path) -> list[str]:
+    """The distinct error lines of the workers, rank 0's first; a rank that only lost
+    contact with the others (because one failed) is not the cause, and is left out when
+    another rank said what went wrong."""
+    found = []
+    for path in sorted(errors.glob("rank*"), key=lambda p: int(p.name[4:])):
+        kind, _, line = path.read_text().partition("\t")
+        found.append((kind, line.rstrip("\n")))
+    causes = [line for kind, line in found if kind == "cause"]
+    return list(dict.fromkeys(causes or [line for _, line in found][:1]))
+
+
+def _report_error(line: str, secondary: bool) -> None:
+    """An error line: on stderr, or, in a worker of `--nproc`, for the launcher to print."""
+    errors = os.environ.get(ERRORS_DIR_ENV)
+    if errors and "RANK" in os.environ and Path(errors).is_dir():
+        kind = "contact" if secondary else "cause"
+        (Path(errors) / f"rank{int(os.environ['RANK'])}").write_text(f"{kind}\t{line}\n")
+    else:
+        click.echo(line, err=True)
 
 
 def default_run_dir(cfg: Config) -> str:
@@ -145,7 +201,7 @@ class OneLineErrors(click.Group):
         try:
             return super().main(args, *rest, standalone_mode=False, **kwargs)
         except click.ClickException as e:
-            click.echo(f"error: {e.format_message()}", err=True)
+            _report_error(f"error: {e.format_message()}", getattr(e, "secondary", False))
             sys.exit(e.exit_code)
         except click.Abort:  # Ctrl-C before training started (Click prints a newline first)
             click.echo("error: interrupted before training started", err=True)
@@ -368,7 +424,7 @@ def _train(agent: Any, run_dir: Path, fresh: bool, stdout: _ClosablePipe) -> Non
         message = str(e)
         if str(run_dir) not in message:  # the line must stand alone: say which run stopped
             message += f" (run directory {run_dir})"
-        raise UserError(message) from None
+        raise _as_user_error(e, message) from None
     finally:
         _close(agent, failing)
 
