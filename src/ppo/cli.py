@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -510,18 +510,23 @@ class _ClosablePipe:
     def write(self, text: str) -> int:
         if self.closed:
             return len(text)
-        try:
+        with self._failures():
             return self.stream.write(text)
-        except BrokenPipeError:
-            self._reader_gone()
-            return len(text)
+        return len(text)
 
     def flush(self) -> None:
         if not self.closed:
-            try:
+            with self._failures():
                 self.stream.flush()
-            except BrokenPipeError:
-                self._reader_gone()
+
+    @contextlib.contextmanager
+    def _failures(self) -> Iterator[None]:
+        try:
+            yield
+        except BrokenPipeError:
+            self._reader_gone()
+        except OSError as e:  # a full disk under `> log`: say it was standard output
+            raise OSError(e.errno, e.strerror, "standard output") from None
 
     def echo(self, line: str) -> None:
         self.write(line + "\n")
@@ -701,6 +706,9 @@ def layers(layer: str, env_id: str, seed: int, iterations: int, target_return: f
     _run_guarded(run)
 
 
+NUMPY_MAX_OBS = 10_000
+
+
 def _check_numpy_env(env_id: str) -> None:
     """The NumPy PPO takes flat Box observations and Discrete actions."""
     import gymnasium as gym
@@ -722,6 +730,9 @@ def _check_numpy_env(env_id: str) -> None:
             f"the NumPy PPO takes envs with flat Box observations and Discrete actions "
             f"(CartPole-v1, Acrobot-v1, LunarLander-v3); {env_id} has "
             f"{type(obs).__name__} observations and {type(act).__name__} actions")
+    if obs.shape[0] > NUMPY_MAX_OBS:  # a linear policy on raw observations: a few dozen
+        raise ConfigError(f"the NumPy PPO takes observations of at most {NUMPY_MAX_OBS:,} "
+                          f"numbers; {env_id} has {obs.shape[0]:,}")
 
 
 if __name__ == "__main__":

@@ -177,3 +177,41 @@ def encode_obs(space: spaces.Space, obs: np.ndarray) -> np.ndarray:
     if isinstance(space, spaces.Discrete):
         return np.eye(space.n, dtype=np.float32)[np.asarray(obs) - space.start]
     return np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
+
+
+def check_obs_batch(space: spaces.Space, obs: Any) -> tuple[np.ndarray, bool]:
+    """`obs` as a batch of raw observations of `space`, and whether it was a single one;
+    ValueError naming what is wrong (type, shape, NaN/Inf, a Discrete value out of range),
+    instead of an error from deep inside the network or a silent action on NaN."""
+    try:
+        raw = np.asarray(obs)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"observation must be an array, got {type(obs).__name__}: {e}") from None
+    if raw.dtype == object or not (np.issubdtype(raw.dtype, np.number)
+                                   or raw.dtype == np.bool_):
+        raise ValueError(f"observation must be numbers, got {type(obs).__name__} of dtype "
+                         f"{raw.dtype}")
+    if isinstance(space, spaces.Discrete):
+        if raw.ndim > 1 or not np.issubdtype(raw.dtype, np.integer):
+            raise ValueError(f"observation of a Discrete({space.n}) space must be an integer or "
+                             f"a 1-d batch of them, got dtype {raw.dtype} shape {raw.shape}")
+        single = raw.ndim == 0
+        batch = raw[None] if single else raw
+        bad = (batch < space.start) | (batch >= space.start + space.n)
+        if bad.any():
+            raise ValueError(f"observation {batch[bad][0]} is outside Discrete({space.n}, start="
+                             f"{space.start})")
+    else:
+        shape = tuple(space.shape)
+        single = raw.shape == shape
+        if not single and (raw.ndim != len(shape) + 1 or raw.shape[1:] != shape):
+            raise ValueError(f"observation has shape {raw.shape}; this agent takes {shape}, or "
+                             f"a batch of shape (N, {', '.join(map(str, shape))})")
+        batch = raw[None] if single else raw
+    if len(batch) == 0:
+        raise ValueError("observation batch is empty")
+    if np.issubdtype(batch.dtype, np.floating) and not np.isfinite(batch).all():
+        where = np.argwhere(~np.isfinite(batch))[0]
+        raise ValueError(f"observation holds a non-finite value ({batch[tuple(where)]}) at "
+                         f"index {tuple(int(i) for i in where)}; the policy would act on it")
+    return batch, single

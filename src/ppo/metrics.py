@@ -128,7 +128,8 @@ class MetricsLogger:
         if self.tb is not None:
             self.tb.close()
         if self.csv_file is not None:
-            self.csv_file.close()
+            with self._naming_file():  # rows a full disk refused are flushed again here
+                self.csv_file.close()
 
 
 def _fmt(value: Any) -> Any:
