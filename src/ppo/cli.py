@@ -356,7 +356,8 @@ def _resume_point(run_dir: Path, given: dict[str, Any], config_file: Path | None
     repair = check_metrics(run_dir / "metrics.csv", found.meta["update"])
     if found.skipped or repair.changed:
         notes.append(f"note: resuming from {found.path.name}, update {found.meta['update']}")
-    return _ResumePoint(found.path, found.meta["update"], given, notes)
+    overrides = {**given, **({"env_id": named_env} if named_env is not None else {})}
+    return _ResumePoint(found.path, found.meta["update"], overrides, notes)
 
 
 def _resume(run_dir: Path, given: dict[str, Any], quiet: bool, config_file: Path | None,
