@@ -1,11 +1,13 @@
 """The `ppo` command: help, bad input (one line, status 2, nothing overwritten), config
 files, resume and eval."""
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -475,7 +477,39 @@ def test_stdout_closed_by_its_reader_stops_with_a_checkpoint(tmp_path):
     subprocess.run(["bash", "-c", command], timeout=120, check=True, capture_output=True)
     assert (tmp_path / "rc").read_text().strip() == "141"
     err = (tmp_path / "err").read_text()
-    assert err.startswith("standard output was closed (its reader exited); stopped after update")
+    assert err.startswith("standard output was closed (its reader exited): stopped after update")
     assert "Traceback" not in err and len(err.splitlines()) == 1
     updates = len((run / "metrics.csv").read_text().splitlines()) - 1
+    assert latest_checkpoint(run).name == f"update_{updates:06d}.safetensors"
+
+
+@pytest.mark.parametrize(("flags", "sig", "cause"), [
+    (["--num-envs", "2", "--vector", "async"], signal.SIGINT, "SIGINT received"),
+    ([], signal.SIGHUP, "the terminal closed (SIGHUP)"),
+], ids=["ctrl-c-to-the-group-async", "hangup"])
+def test_stop_signals_to_the_process_group_stop_cleanly(tmp_path, flags, sig, cause):
+    """As a terminal sends them: to every process of the group, env workers included. The
+    run stops after the update with a checkpoint; no worker prints a traceback."""
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [Path(sys.executable).parent / "ppo", "train", *SMALL, "--total-timesteps",
+         str(64 * 10**5), "--checkpoint-every", "1000", *flags, "--run-dir", str(run)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run / "metrics.csv").exists()
+                   and len((run / "metrics.csv").read_text().splitlines()) > 2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        os.killpg(proc.pid, sig)
+        stderr = proc.communicate(timeout=60)[1]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + sig, stderr
+    updates = len((run / "metrics.csv").read_text().splitlines()) - 1
+    assert stderr == (f"{cause}: stopped after update {updates} with a checkpoint; continue "
+                      f"with: ppo train --resume {run}\n")
     assert latest_checkpoint(run).name == f"update_{updates:06d}.safetensors"

@@ -396,38 +396,40 @@ def _train(agent: Any, run_dir: Path, fresh: bool, stdout: _ClosablePipe) -> Non
     from ppo.checkpoint import run_files
     from ppo.trainer import Interrupted
 
-    failing = True
-    try:
-        with _run_lock(run_dir, create=fresh), _HangupAsTerm() as hangup:
-            if fresh and agent.rank == 0 and (files := run_files(run_dir)):
-                raise ConfigError(f"{run_dir} already holds a run ({', '.join(files)}); use "
-                                  "--resume or another --run-dir")
-            if agent.rank == 0:
-                stdout.echo(f"run directory: {run_dir}" if fresh else
-                            f"resuming {run_dir} at update {agent.update}, step "
-                            f"{agent.global_step}")
-            try:
-                agent.learn()
-            except Interrupted as e:
+    with _StopGuard() as guard:
+        failing = True
+        try:
+            with _run_lock(run_dir, create=fresh):
+                if fresh and agent.rank == 0 and (files := run_files(run_dir)):
+                    raise ConfigError(f"{run_dir} already holds a run ({', '.join(files)}); "
+                                      "use --resume or another --run-dir")
                 if agent.rank == 0:
-                    cause = ("standard output was closed (its reader exited)" if stdout.closed
-                             else "stopped by SIGHUP (the terminal closed)" if hangup.received
-                             else str(e).split(" after ")[0])
-                    click.echo(f"{cause}; stopped after update {agent.update} with a "
-                               f"checkpoint; continue with: ppo train --resume {run_dir}",
-                               err=True)
+                    stdout.echo(f"run directory: {run_dir}" if fresh else
+                                f"resuming {run_dir} at update {agent.update}, step "
+                                f"{agent.global_step}")
+                guard.started = True
+                try:
+                    agent.learn()
+                except Interrupted as e:
+                    if agent.rank == 0:
+                        cause = ("standard output was closed (its reader exited)"
+                                 if stdout.closed else "the terminal closed (SIGHUP)"
+                                 if guard.hangup else f"{signal.Signals(e.signum).name} received")
+                        click.echo(f"{cause}: stopped after update {agent.update} with a "
+                                   f"checkpoint; continue with: ppo train --resume {run_dir}",
+                                   err=True)
+                    failing = False
+                    signum = (signal.SIGPIPE if stdout.closed else
+                              signal.SIGHUP if guard.hangup else e.signum)
+                    sys.exit(128 + signum)
                 failing = False
-                signum = (signal.SIGPIPE if stdout.closed else
-                          signal.SIGHUP if hangup.received else e.signum)
-                sys.exit(128 + signum)
-            failing = False
-    except _user_errors() as e:
-        message = str(e)
-        if str(run_dir) not in message:  # the line must stand alone: say which run stopped
-            message += f" (run directory {run_dir})"
-        raise _as_user_error(e, message) from None
-    finally:
-        _close(agent, failing)
+        except _user_errors() as e:
+            message = str(e)
+            if str(run_dir) not in message:  # the line must stand alone: say which run stopped
+                message += f" (run directory {run_dir})"
+            raise _as_user_error(e, message) from None
+        finally:
+            _close(agent, failing)
 
 
 def _close(agent: Any, failing: bool) -> None:
@@ -467,27 +469,39 @@ def _build(make: Callable[[], Any]) -> Any:
     return agent
 
 
-class _HangupAsTerm:
-    """SIGHUP (the terminal closed) stops training like SIGTERM: after the update, with a
-    checkpoint. Outside training it ends the process as it would by default."""
+class _StopGuard:
+    """Signals around `learn`, whose own handlers turn Ctrl-C and SIGTERM into a stop after
+    the update. SIGHUP (the terminal closed) stops it as SIGTERM does. Outside those handlers
+    once training has started (the last checkpoint, closing the envs), Ctrl-C and SIGTERM are
+    noted, not obeyed, so that an impatient second Ctrl-C cannot cut the checkpoint or the
+    cleanup short; a third ends the process. Before training they act as without the guard."""
 
     def __init__(self) -> None:
-        self.received = False
+        self.hangup = False
+        self.started = False
+        self.late = 0
 
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.received = True
-        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, signal.SIG_IGN, None):
-            signal.signal(signal.SIGHUP, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGHUP)
-        else:
-            os.kill(os.getpid(), signal.SIGTERM)
+    def _on_hangup(self, signum: int, frame: Any) -> None:
+        self.hangup = True
+        os.kill(os.getpid(), signal.SIGTERM)
 
-    def __enter__(self) -> _HangupAsTerm:
-        self.previous = signal.signal(signal.SIGHUP, self._handle)
+    def _on_stop(self, signum: int, frame: Any) -> None:
+        self.late += 1
+        if not self.started or self.late >= 3:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    def __enter__(self) -> _StopGuard:
+        self.previous = {signal.SIGHUP: signal.signal(signal.SIGHUP, self._on_hangup)}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self._on_stop)
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        signal.signal(signal.SIGHUP, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 class _ClosablePipe:
