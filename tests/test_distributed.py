@@ -18,13 +18,13 @@ import torch
 import torch.multiprocessing as mp
 from click.testing import CliRunner
 
+from ppo.agent import PPO
 from ppo.cli import main
 from ppo.config import Config
 from ppo.distributed import Moments, _interleave, join_from_env
 from ppo.metrics import COLUMNS
 from ppo.normalization import RunningMeanStd
 from ppo.rollout import EpisodeStats
-from ppo.trainer import PPO
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # The CartPole preset's shape at a smaller scale: 4 envs x 256 steps per rank.

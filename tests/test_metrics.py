@@ -1,4 +1,5 @@
-"""Diagnostics: metrics.csv, TensorBoard, the console line and the health check."""
+"""Diagnostics: metrics.csv, TensorBoard, Weights & Biases (offline), the console line and
+the health check."""
 
 import csv
 import math
@@ -8,17 +9,18 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
+from ppo.agent import PPO
 from ppo.checkpoint import RunDirError
 from ppo.config import Config
+from ppo.console import console_line
 from ppo.metrics import (
     COLUMNS,
+    CsvSink,
     HealthCheck,
     MetricsLogger,
     check_metrics,
-    console_line,
     repair_metrics,
 )
-from ppo.trainer import PPO
 
 REQUIRED = ["update", "global_step", "episodic_return", "episodic_length", "approx_kl",
             "clipfrac", "policy_loss", "value_loss", "entropy", "explained_variance",
@@ -169,8 +171,11 @@ def test_console_output_is_plain_lines_with_single_warnings(capsys):
     assert sum(line.startswith("update ") for line in lines) == 6
     warnings = [line for line in lines if line.startswith("warning:")]
     assert len(warnings) == 2  # KL and clip fraction, once each for the whole stretch
-    assert all(re.match(r"^update \d{3} step \d+ return=", line) or line.startswith("warning:")
-               for line in lines)
+    assert all(re.match(r"^update \d{3} step \d+/12288 \(\d+%\) return=.* "
+                        r"elapsed=\d:\d\d:\d\d eta=\d:\d\d:\d\d$", line)
+               or line.startswith("warning:") for line in lines)
+    assert lines[-1].startswith("update 006 step 12288/12288 (100%) ")
+    assert lines[-1].endswith(" eta=0:00:00")
 
 
 def test_quiet_run_prints_nothing(tmp_path, capsys):
@@ -260,15 +265,14 @@ def test_metrics_that_are_no_regular_file_are_refused(tmp_path):
 
 
 def test_a_failed_write_names_the_metrics_file(tmp_path, monkeypatch):
-    logger = MetricsLogger(tmp_path, verbose=False, tensorboard=False, total_updates=1,
-                           first_update=1)
+    sink = CsvSink(tmp_path, first_update=1)
 
     def full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(logger.csv_file, "flush", full)
+    monkeypatch.setattr(sink.file, "flush", full)
     row = dict.fromkeys(COLUMNS, 1.0)
     with pytest.raises(OSError) as info:
-        logger.log(row)
+        sink.log(row)
     assert info.value.filename == str(tmp_path / "metrics.csv")
     assert info.value.strerror == "No space left on device"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-
-from ppo.config import Config
 from ppo.learner import TorchLearner
 from ppo.numpy_learner import NumpyLearner
+
+from ppo.config import Config
 from ppo.policy import ActorCritic
 
 SPACES = {
@@ -126,9 +126,9 @@ def test_kl_limit_skips_the_step():
 @pytest.mark.slow
 def test_same_learning_in_distribution_on_cartpole():
     """Float rounding makes single runs diverge; over seeds both paths must learn alike."""
+    from ppo.agent import PPO
     from ppo.cli import load_preset
     from ppo.config import from_dict
-    from ppo.trainer import PPO
 
     def steps_to_solve(learner: str, seed: int) -> int:
         cfg = from_dict({**load_preset("cartpole"), "seed": seed, "learner": learner,

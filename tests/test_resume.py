@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
+from ppo.agent import PPO
 from ppo.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from ppo.config import Config
 from ppo.episode_replay import ReplayableEpisodes, episode_seed
-from ppo.trainer import PPO
 
 
 def _weights(model: torch.nn.Module) -> torch.Tensor:

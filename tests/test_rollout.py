@@ -4,11 +4,11 @@ from functools import partial
 
 import gymnasium as gym
 import numpy as np
+import ppo.trainer
 import pytest
 import torch
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
-import ppo.trainer
 from helpers_envs import (
     BoxActionEnv,
     DictObsEnv,
@@ -18,10 +18,10 @@ from helpers_envs import (
     terminating,
     truncating,
 )
+from ppo.agent import PPO
 from ppo.config import Config, ConfigError
 from ppo.normalization import RunningMeanStd
 from ppo.rollout import EnvValueError, EpisodeStats
-from ppo.trainer import PPO
 
 L = 3  # episode length of the counter envs
 GAMMA = 0.9

@@ -4,18 +4,11 @@ a line search that never leaves the trust region, and the agent end to end."""
 import csv
 
 import numpy as np
+import ppo.trpo
 import pytest
 import torch
 from click.testing import CliRunner
 from gymnasium import spaces
-from torch.nn.utils import parameters_to_vector
-
-import ppo.trpo
-from ppo.checkpoint import checkpoint_path, latest_checkpoint
-from ppo.cli import main
-from ppo.config import Config, ConfigError
-from ppo.policy import ActorCritic
-from ppo.trainer import PPO
 from ppo.trpo import (
     actor_parameters,
     conjugate_gradient,
@@ -25,6 +18,13 @@ from ppo.trpo import (
     mean_kl,
     policy_distribution,
 )
+from torch.nn.utils import parameters_to_vector
+
+from ppo.agent import PPO
+from ppo.checkpoint import checkpoint_path, latest_checkpoint
+from ppo.cli import main
+from ppo.config import Config, ConfigError
+from ppo.policy import ActorCritic
 
 SPACES = {"discrete": spaces.Discrete(3),
           "gaussian": spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)}

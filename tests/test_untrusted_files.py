@@ -12,7 +12,8 @@ from ppo.cli import main
 from ppo.config import ConfigError
 from ppo.envs import env_spec
 
-SMALL = ["--rollout-steps", "64", "--minibatch-size", "32", "--no-tensorboard", "--quiet"]
+SMALL = ["--defaults", "plain", "--rollout-steps", "64", "--minibatch-size", "32",
+         "--no-tensorboard", "--quiet"]
 MODULE = '''
 import pathlib
 pathlib.Path(__file__).with_name("IMPORTED").write_text("{name}")

@@ -1,6 +1,6 @@
 """PPO-Clip on PyTorch and Gymnasium."""
 
+from ppo.agent import PPO
 from ppo.config import Config
-from ppo.trainer import PPO
 
 __all__ = ["PPO", "Config"]

@@ -1,13 +1,15 @@
-"""Checkpoint files: tensors as safetensors, everything else as JSON in its header.
+"""Checkpoint files and run directories: what an agent saves, how it is written and read.
 
-Nothing is ever unpickled. A SHA-256 of the tensor payload in the header catches truncated,
-corrupted or edited files; writes go to a temporary file that is renamed into place, so a
-kill mid-write leaves the previous checkpoint intact.
+Tensors are stored as safetensors, everything else as JSON in its header. Nothing is ever
+unpickled. A SHA-256 of the tensor payload in the header catches truncated, corrupted or
+edited files; writes go to a temporary file that is renamed into place, so a kill mid-write
+leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import hashlib
 import json
@@ -18,14 +20,20 @@ import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
+import tomli_w
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from ppo.config import ConfigError, from_dict, read_regular_file
+from ppo.config import Config, ConfigError, from_dict, read_regular_file, refuse_unnamed_imports
+from ppo.spaces import describe
+
+if TYPE_CHECKING:
+    from ppo.agent import PPO
 
 FORMAT = "ppo-checkpoint/1"
 HEADER_KEYS = {"format", "sha256", "meta", "meta_sha256"}
@@ -233,23 +241,54 @@ class Num(NamedTuple):
     low: float | None = None
 
 
+class Nullable(NamedTuple):
+    """null, or a value matching `schema`."""
+
+    schema: Any
+
+
+class MapOf(NamedTuple):
+    """An object whose keys are strings and whose values match `values`."""
+
+    values: Any
+
+
+class OneOf(NamedTuple):
+    """A value matching one of `schemas`."""
+
+    schemas: tuple[Any, ...]
+
+
 RNG_STATE = {"bit_generator": "PCG64", "state": {"state": Int(0, 2**128 - 1),
                                                  "inc": Int(0, 2**128 - 1)},
              "has_uint32": Int(0, 1), "uinteger": Int(0, 2**32 - 1)}
-# What the agent's metadata holds. A schema is: a dict (an object with exactly these keys),
-# a list of one schema (a list of such items), a tuple (a list of exactly these items), a
-# Python type (any value of it: dict, str), a str (that very string), Int or Num.
+# What agent_state writes: keep the two in step. A schema is: a dict (an object with
+# exactly these keys), a list of one schema (a list of such items), a tuple (a list of
+# exactly these items), a Python type (any value of it: dict, str, bool), a str (that very
+# string), Int, Num, Nullable, MapOf or OneOf.
 META_SCHEMA = {
-    "config": dict, "update": Int(), "global_step": Int(), "episodes": Int(),
-    "recent_episodes": [(Num(), Int())], "lr": Num(0.0), "nonfinite_streak": Int(),
-    "collector": dict, "rng": {"action": RNG_STATE, "shuffle": RNG_STATE},
-    "spaces": {"observation": str, "action": str}, "saved_at": str,
+    "config": dict, "update": Int(), "global_step": Int(), "best_eval_return": Nullable(Num()),
+    "lr": Num(0.0), "nonfinite_streak": Int(),
+    "episodes": Int(), "recent_episodes": [(Num(), Int())], "episode_info": MapOf([Num()]),
+    "collector": OneOf(({}, {"env_seeds": [Int()], "episodes": [Int()]})),
+    "rng": {"action": RNG_STATE, "shuffle": RNG_STATE},
+    "spaces": {"observation": str, "action": str}, "custom_network": bool, "saved_at": str,
 }
 
 
 def schema_problem(value: Any, schema: Any, where: str) -> str | None:
     """What is wrong with `value` against `schema` (see META_SCHEMA), or None."""
     name = where or "the metadata"
+    if isinstance(schema, Nullable):
+        return None if value is None else schema_problem(value, schema.schema, where)
+    if isinstance(schema, OneOf):
+        problems = [schema_problem(value, sub, where) for sub in schema.schemas]
+        return None if None in problems else problems[-1]
+    if isinstance(schema, MapOf):
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return f"{name} is {_json_kind(value)}, not an object"
+        return next((p for key, item in value.items()
+                     if (p := schema_problem(item, schema.values, _join(where, key)))), None)
     if isinstance(schema, dict):
         if not isinstance(value, dict):
             return f"{name} is {_json_kind(value)}, not an object"
@@ -267,7 +306,7 @@ def schema_problem(value: Any, schema: Any, where: str) -> str | None:
         ok = (isinstance(value, int | float) and not isinstance(value, bool)
               and math.isfinite(value) and (schema.low is None or value >= schema.low))
         return None if ok else f"{name} must be a finite number, got {value!r:.40}"
-    if isinstance(schema, list | tuple):  # after Int and Num, which are tuples too
+    if isinstance(schema, list | tuple):  # after the NamedTuples above, tuples too
         if not isinstance(value, list):
             return f"{name} is {_json_kind(value)}, not a list"
         if isinstance(schema, tuple) and len(value) != len(schema):
@@ -288,6 +327,17 @@ def _join(where: str, key: str) -> str:
 def _json_kind(value: Any) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean",
             int: "a number", float: "a number", type(None): "null"}.get(type(value), "a value")
+
+
+def best_path(run_dir: Path) -> Path:
+    """Where the best evaluation's agent is kept, beside the numbered checkpoints."""
+    return Path(run_dir) / "checkpoints" / "best.safetensors"
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether a run was started in this directory (a fresh run must not reuse it): it holds
+    any of the run files."""
+    return bool(run_files(run_dir))
 
 
 def checkpoint_path(run_dir: Path, update: int) -> Path:
@@ -341,6 +391,149 @@ def newest_valid_checkpoint(
             skipped.append(f"{path.name}: {why}")
     raise CheckpointError(f"no valid checkpoint in {run_dir}: " + "; ".join(skipped[:3])
                           + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""))
+
+
+# ---------------------------------------------------------------------- an agent's state
+def _spaces(agent: PPO) -> dict[str, str]:
+    return {"observation": json.dumps(describe(agent.encoder.space)),
+            "action": json.dumps(describe(agent.action_spec.space))}
+
+
+def agent_state(agent: PPO) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Everything a resumed run needs: weights, optimizer, RNG streams, normalization
+    statistics, episodes (finished and in progress), counters."""
+    tensors = {f"model.{k}": v for k, v in agent.model.state_dict().items()}
+    learner_tensors, learner_meta = agent.learner.state()
+    collector_arrays, collector_meta = agent.collector.state()
+    tensors.update(learner_tensors)
+    tensors.update({k: torch.as_tensor(v) for k, v in collector_arrays.items()})
+    tensors["rng.torch"] = torch.get_rng_state()
+    meta = {
+        "config": agent.config.to_dict(),
+        "update": agent.update,
+        "global_step": agent.global_step,
+        "best_eval_return": (None if math.isinf(agent.best_eval_return)
+                             else agent.best_eval_return),
+        **learner_meta,
+        **collector_meta,
+        "rng": {"action": agent.action_rng.bit_generator.state,
+                "shuffle": agent.shuffle_rng.bit_generator.state},
+        "spaces": _spaces(agent),
+        "custom_network": agent.custom_network,
+        "saved_at": datetime.datetime.now().isoformat(timespec="seconds"),
+    }
+    return tensors, meta
+
+
+def save(agent: PPO, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(path, *agent_state(agent))
+    return path
+
+
+def config_of(stored: dict[str, Any], overrides: dict[str, Any], source: Path) -> Config:
+    """The config a checkpoint was trained with, with the caller's overrides. A module its
+    env id or a wrapper names is imported only if the overrides name it too (ConfigError)."""
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{source} holds an unusable config: a {type(stored).__name__}")
+    refuse_unnamed_imports(stored, overrides, str(source))
+    try:
+        return from_dict({**stored, **overrides})
+    except ConfigError as e:
+        raise CheckpointError(f"{source} holds an unusable config: {e}") from None
+
+
+def restore(agent: PPO, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+            source: Path) -> None:
+    """Load a checkpoint's state into an agent built from its config, after checking that it
+    holds what this agent saves: metadata, spaces, every tensor's name, dtype and shape."""
+    problem = schema_problem(meta, META_SCHEMA, "")
+    if problem is not None:
+        raise CheckpointError(f"{source} does not fit this agent: {problem}")
+    expected = _spaces(agent)
+    if meta["spaces"] != expected:
+        raise CheckpointError(
+            f"{source} was trained on observation/action spaces {meta['spaces']}, "
+            f"this env has {expected}")
+    if meta.get("custom_network", False) != agent.custom_network:
+        raise CheckpointError(
+            f"{source} was trained with a user's feature extractor or network: pass the same "
+            "one to PPO.load" if meta.get("custom_network") else
+            f"{source} was trained with the built-in network, not the one given")
+    fixed = {k: v for k, v in specs_of(agent_state(agent)[0]).items()
+             if not k.startswith(("optim.", "collector."))}
+    check_checkpoint(tensors, meta, source, fixed, [adam_specs(agent.learner.optimizer)],
+                     ("collector.",))
+    if (problem := _collector_problem(tensors, meta["collector"])) is not None:
+        raise CheckpointError(f"{source} does not fit this agent: {problem}")
+    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    try:
+        agent.model.load_state_dict(model_state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{source} does not fit this network: "
+                              f"{str(e).splitlines()[0]}") from None
+    agent.learner.load_state(tensors, meta)
+    torch.set_rng_state(tensors["rng.torch"])
+    agent.collector.load_state({k: v.numpy() for k, v in tensors.items()}, meta)
+    # The checkpoint holds rank 0's action stream; the other ranks start new ones, apart
+    # from those of the run's start and of any other resume.
+    agent.action_rng.bit_generator.state = meta["rng"]["action"] if agent.rank == 0 else (
+        np.random.default_rng([agent.config.seed, 1, agent.rank, meta["update"]])
+        .bit_generator.state)
+    agent.shuffle_rng.bit_generator.state = meta["rng"]["shuffle"]
+    agent.update, agent.global_step = meta["update"], meta["global_step"]
+    best = meta.get("best_eval_return")
+    agent.best_eval_return = -math.inf if best is None else best
+    agent._envs_ready = False
+    agent.policy.promote(agent.model)
+
+
+def _collector_problem(tensors: Mapping[str, torch.Tensor],
+                       collector: Mapping[str, Any]) -> str | None:
+    """The episodes in progress (see Collector.state): one entry per env throughout."""
+    held = {k[len("collector."):]: v for k, v in tensors.items() if k.startswith("collector.")}
+    if not collector:
+        return f"it holds collector.{min(held)} but no episodes in progress" if held else None
+    n = len(collector["env_seeds"])
+    if len(collector["episodes"]) != n:
+        return "collector.env_seeds and collector.episodes differ in length"
+    required = {"obs", "episode_returns", "episode_lengths", *(f"actions.{i}" for i in range(n))}
+    if missing := sorted(required - set(held)):
+        return f"it lacks tensor collector.{missing[0]}"
+    if extra := sorted(set(held) - required - {"discounted_return", "mask"}):
+        return f"it holds unexpected tensor(s) collector.{', collector.'.join(extra[:3])}"
+    for name in ("obs", "episode_returns", "episode_lengths", "discounted_return", "mask"):
+        if name in held and (held[name].ndim == 0 or held[name].shape[0] != n):
+            return f"tensor collector.{name} has shape {list(held[name].shape)}, not {n} envs'"
+    return None
+
+
+def write(agent: PPO) -> Path:
+    """The run's checkpoint for the agent's current update; a failed write names the intact
+    previous checkpoint."""
+    path = checkpoint_path(agent.run_dir, agent.update)
+    try:
+        return save(agent, path)
+    except OSError as e:
+        try:
+            previous = f"the previous one, {latest_checkpoint(agent.run_dir).name}, is intact"
+        except CheckpointError:
+            previous = "there is no earlier checkpoint"
+        raise CheckpointError(
+            f"could not write checkpoint {path}: {e.strerror or e}; {previous}") from None
+
+
+def claim_run_dir(run_dir: Path, config: Config, fresh: bool) -> Config:
+    """Create the run directory and write its config.toml; a fresh run refuses a directory
+    that already holds one. Returns the config as written (run_dir set)."""
+    config_file = run_dir / "config.toml"
+    if fresh and (files := run_files(run_dir)):
+        raise ConfigError(f"{run_dir} already holds a run ({', '.join(files)}); use --resume "
+                          "or another --run-dir")
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    config = config.replace(run_dir=str(run_dir))
+    write_atomic(config_file, tomli_w.dumps(config.to_dict()).encode())
+    return config
 
 
 # ---------------------------------------------------------------- one writer per run directory
