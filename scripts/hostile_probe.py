@@ -71,8 +71,8 @@ CATEGORIES = {
     9: "Smaller ones",
 }
 MEMORY_LIMIT = 8 << 30
-SMALL = ["--env", "CartPole-v1", "--rollout-steps", "64", "--minibatch-size", "32",
-         "--no-tensorboard", "--quiet"]
+SMALL = ["--env", "CartPole-v1", "--defaults", "plain", "--rollout-steps", "64",
+         "--minibatch-size", "32", "--no-tensorboard", "--quiet"]
 # Words of library internals that make an error message useless to a user.
 RAW_WORDS = ("mat1", "matmul", "size mismatch", "not supported between", "Traceback",
              "out of bounds", "object has no attribute", "unsupported operand", "ufunc",
@@ -96,6 +96,8 @@ import gymnasium as gym
 from gymnasium.envs.classic_control import CartPoleEnv
 gym.register("GoodCartPole-v0", entry_point=CartPoleEnv, max_episode_steps=500)
 class Env(CartPoleEnv):
+    pass
+class Wrap(gym.Wrapper):
     pass
 '''
 BADENVS = '''
@@ -646,6 +648,47 @@ def cat1() -> None:
                     32, "--total-timesteps", 64, "--run-dir", "fresh"),
                 refused("evil.toml", "--env"),
                 setup=lambda w, e=env_id: (w / "evil.toml").write_text(f'env_id = "{e}"\n'))
+    def _set_wrapper(path: str):
+        def edit(tensors, meta):
+            meta["config"]["wrappers"] = [{"path": path, "kwargs": {}}]
+            meta["config"].pop("run_dir", None)
+        return edit
+
+    for path in ("evilmod:Env", "os:system"):
+        attempt(1, f"eval a checkpoint whose config names wrapper {path}",
+                cli("eval", "run", "--episodes", 1), refused("--wrapper"),
+                setup=lambda w, path=path: edit_latest(w / "run", _set_wrapper(path)))
+        attempt(1, f"--config file naming wrapper {path}",
+                cli("train", "--config", "evil.toml", *SMALL, "--total-timesteps", 64,
+                    "--run-dir", "fresh"),
+                refused("evil.toml", "--wrapper"),
+                setup=lambda w, path=path: (w / "evil.toml").write_text(
+                    f'[[wrappers]]\npath = "{path}"\n'))
+    attempt(1, "resume a run whose checkpoint names wrapper evilmod:Env",
+            cli("train", "--resume", "run", "--total-timesteps", 256), refused("--wrapper"),
+            setup=lambda w: edit_latest(w / "run", _set_wrapper("evilmod:Env")))
+    attempt(1, "PPO.load of a checkpoint naming wrapper evilmod:Env",
+            api(lambda: ppo.PPO.load("run")), refused("wrapper"),
+            setup=lambda w: edit_latest(w / "run", _set_wrapper("evilmod:Env")))
+
+    def trained_with_wrapper(work: Path) -> None:
+        shutil.rmtree(work / "run")
+        r = Proc(cli("train", *SMALL, "--wrapper", "goodmod:Wrap", "--total-timesteps", 128,
+                     "--run-dir", "run"), work).wait(120)
+        assert r.code == 0, r.stderr
+        (work / "IMPORTED-goodmod").unlink()
+
+    attempt(1, "eval of a run with a module wrapper, not named", cli("eval", "run", "--episodes",
+                                                                     1),
+            refused("--wrapper goodmod:Wrap"), setup=trained_with_wrapper)
+    attempt(1, "eval of a run with a module wrapper, named with --wrapper",
+            cli("eval", "run", "--episodes", 1, "--wrapper", "goodmod:Wrap"),
+            works(lambda r, w: None if "return" in r.stdout else "no result printed"),
+            setup=trained_with_wrapper)
+    attempt(1, "resume of a run with a module wrapper, named with --wrapper",
+            cli("train", "--resume", "run", "--total-timesteps", 256, "--wrapper",
+                "goodmod:Wrap"),
+            works(lambda r, w: consistent_run(w / "run")), setup=trained_with_wrapper)
     attempt(1, "PPO.load of a checkpoint naming env evilmod:Env",
             api(lambda: ppo.PPO.load("run")), refused("run"),
             setup=_config_toml_env("evilmod:Env"))
@@ -930,8 +973,8 @@ def _sparse(name: str, size: int):
 
 
 def cat4() -> None:
-    fresh = ["--rollout-steps", 64, "--minibatch-size", 32, "--total-timesteps", 64,
-             "--no-tensorboard", "--run-dir", "fresh"]
+    fresh = ["--defaults", "plain", "--rollout-steps", 64, "--minibatch-size", 32,
+             "--total-timesteps", 64, "--no-tensorboard", "--run-dir", "fresh"]
     for label, setup, arg in (
         ("/dev/zero", None, "/dev/zero"), ("/dev/urandom", None, "/dev/urandom"),
         ("a FIFO", _fifo("cfg.toml"), "cfg.toml"), ("a directory", None, "run"),
@@ -1396,9 +1439,10 @@ def cat9() -> None:
     for env_id, needle in (("Nope-v0", "Nope-v0"), ("Pendulum-v1", "Pendulum-v1"),
                            ("Blackjack-v1", "Blackjack-v1"), ("ALE/Pong-v5", "ALE"),
                            ("badenvs:HugeObsSpace", "memory")):
-        attempt(9, f"layers numpy --env {env_id}",
-                cli("layers", "numpy", "--env", env_id, "--iterations", 1), refused(needle))
-    attempt(9, "layers numpy --seed -1", cli("layers", "numpy", "--seed", -1, "--iterations", 1),
+        attempt(9, f"reference numpy --env {env_id}",
+                cli("reference", "numpy", "--env", env_id, "--iterations", 1), refused(needle))
+    attempt(9, "reference numpy --seed -1",
+            cli("reference", "numpy", "--seed", -1, "--iterations", 1),
             refused("seed"))
     attempt(9, "full disk before the first metrics row", full_disk,
             refused("fresh/", unchanged=False), raw=True, timeout=70)
