@@ -207,8 +207,8 @@ def _ppo(*args, env=None, **kwargs):
                           capture_output=True, text=True, timeout=300, **kwargs)
 
 
-LINE = re.compile(r"^update \d{3} step \d+ return=\S+ kl=\S+ clipfrac=\S+ loss_pi=\S+ "
-                  r"loss_v=\S+ entropy=\S+ ev=\S+ sps=\d+$")
+LINE = re.compile(r"^update \d{3} step \d+/\d+ \(\d+%\) return=\S+ kl=\S+ clipfrac=\S+ "
+                  r"loss_pi=\S+ loss_v=\S+ entropy=\S+ ev=\S+ sps=\d+ elapsed=\S+ eta=\S+$")
 
 
 def _rows(run_dir):
