@@ -343,18 +343,38 @@ def real_ppo(work: Path, *args: Any, timeout: float = 120, shell_suffix: str = "
     """A real `python -m ppo ARGS` process (its own session), optionally piped on."""
     pythonpath = os.pathsep.join([str(work), *sys.path[1:]])
     command = " ".join([sys.executable, "-m", "ppo", *(_q(a) for a in args)]) + shell_suffix
+    # A tag in the environment finds every process it started, in whatever session (torchrun
+    # starts its workers in sessions of their own).
+    tag = f"{os.getpid()}-{time.monotonic_ns()}"
     proc = subprocess.Popen(["bash", "-c", command], cwd=work, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, "PYTHONPATH": pythonpath, **(env or {})},
+                            env={**os.environ, "PYTHONPATH": pythonpath, "PPO_PROBE_TAG": tag,
+                                 **(env or {})},
                             preexec_fn=_real_process_setup)
     try:
         out, err = proc.communicate(timeout=timeout)
-        return Result(proc.returncode, out, err)
+        return Result(proc.returncode, out, err, strays=len(_tagged(tag)))
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        return Result(-9, out, err, timed_out=True)
+        return Result(-9, "", "", timed_out=True)
+    finally:
+        for pid in _tagged(tag):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+
+
+def _tagged(tag: str) -> list[int]:
+    """The live processes whose environment carries PPO_PROBE_TAG=tag."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if f"PPO_PROBE_TAG={tag}".encode() in (entry / "environ").read_bytes().split(
+                        b"\0"):
+                    found.append(int(entry.name))
+    return found
 
 
 def _real_process_setup() -> None:

@@ -276,3 +276,19 @@ def test_a_failed_write_names_the_metrics_file(tmp_path, monkeypatch):
         sink.log(row)
     assert info.value.filename == str(tmp_path / "metrics.csv")
     assert info.value.strerror == "No space left on device"
+
+
+def test_columns_added_mid_run_are_kept_by_the_repair(tmp_path):
+    """Evaluation and episode-info columns widen the header; a resume keeps them."""
+    path = tmp_path / "metrics.csv"
+    header = ",".join([*COLUMNS, "eval_return", "info/is_success"]) + "\r\n"
+
+    def row(update):
+        return _csv_row(update).rstrip("\n") + ",12.5,\r\n"
+
+    path.write_text(header + row(1) + row(2) + "garbage\r\n" + row(3), newline="")
+    repair = check_metrics(path, 2)
+    assert repair.damage == "has 1 line(s) that are no metrics row (line 4)"
+    repair_metrics(path, repair, 2)
+    assert path.read_bytes() == (header + row(1) + row(2)).encode()
+    assert check_metrics(path, 2).changed is False
