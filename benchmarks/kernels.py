@@ -1,6 +1,7 @@
 """The Numba kernels (src/ppo/kernels.py) against today's NumPy fast path, call by call.
 
-Measured, one thread (BLAS included), each figure the best of 7 repeats of a timed loop:
+Measured, one thread (BLAS included), each figure the best of 7 repeats of a timed loop, in
+CPU time of the process:
 
   - act: one observation through the actor and a sampled action; `InferencePolicy.sample`
     (NumPy) against `kernels.act`.
@@ -24,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import timeit
 from pathlib import Path
 
@@ -42,7 +44,8 @@ SIZES = {"LunarLander": (8, 4, False), "HalfCheetah": (17, 6, True)}
 
 
 def best_us(fn, number: int) -> float:
-    return min(timeit.repeat(fn, number=number, repeat=7)) / number * 1e6
+    """CPU microseconds per call (process time: stable on a shared machine)."""
+    return min(timeit.repeat(fn, number=number, repeat=7, timer=time.process_time)) / number * 1e6
 
 
 def per_call(env: str, hidden: list[int], shared: bool) -> dict[str, float]:
@@ -119,8 +122,6 @@ def per_call(env: str, hidden: list[int], shared: bool) -> dict[str, float]:
 def first_calls() -> dict[str, float]:
     """Seconds to import numba and the kernels, then to make the first call of each kernel
     (compiled, or loaded from the cache given by NUMBA_CACHE_DIR)."""
-    import time
-
     tick = time.perf_counter()
     import numba  # noqa: F401
     seconds = {"import numba": time.perf_counter() - tick}
@@ -191,7 +192,7 @@ def main() -> None:
              f"{' '.join(sys.argv[1:])}`",
              f"- load average (1 min) before and during: {', '.join(f'{x:.1f}' for x in loads)} "
              f"on {os.cpu_count()} CPUs; one thread per process",
-             "- per call: best of 7 repeats of a timed loop, microseconds"]
+             "- per call: best of 7 repeats of a timed loop, CPU microseconds"]
     if args.note:
         lines.append(f"- note: {args.note}")
     lines += ["", "First calls, seconds, each in a fresh process (cold: empty on-disk cache, "
