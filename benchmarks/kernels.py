@@ -3,10 +3,10 @@
 Measured, one thread (BLAS included), each figure the best of 7 repeats of a timed loop, in
 CPU time of the process:
 
-  - act: one observation through the actor and a sampled action; `InferencePolicy.sample`
-    (NumPy) against `kernels.act`.
+  - act: one observation through the actor and a sampled action; the NumPy policy's
+    `sample` (what the collector uses) against `kernels.act`.
   - minibatch step: PPO's loss, its gradient, the global grad-norm clip and Adam on 64 samples
-    of a 2048-sample batch; `NumpyLearner.step` against `kernels.ppo_grad` +
+    of a 2048-sample batch; the NumPy learner's `step` against `kernels.ppo_grad` +
     `kernels.clip_and_adam` (the torch learner for reference).
   - for LunarLander's sizes (8 observations, 4 actions, Categorical) and HalfCheetah's (17
     observations, 6 actions, Gaussian), 64-64 tanh shared and separate, 256-256 tanh separate.
@@ -54,34 +54,38 @@ def per_call(env: str, hidden: list[int], shared: bool) -> dict[str, float]:
     from gymnasium import spaces
 
     from ppo import kernels
+    from ppo.advantages import Batch
     from ppo.config import Config
-    from ppo.learner import TorchLearner
-    from ppo.numpy_learner import NumpyLearner
-    from ppo.policy import ActorCritic, InferencePolicy
+    from ppo.learners import make_learner
+    from ppo.networks import ActorCritic
+    from ppo.policy import make_policy
+    from ppo.spaces import ActionSpec
 
     torch.set_num_threads(1)
     obs_dim, n_actions, gaussian = SIZES[env]
-    space = (spaces.Box(-1, 1, (n_actions,), np.float32) if gaussian
-             else spaces.Discrete(n_actions))
-    torch.manual_seed(0)
-    model = ActorCritic(obs_dim, space, hidden, shared)
-    cfg = Config(hidden_sizes=hidden, shared_trunk=shared)
+    spec = ActionSpec(spaces.Box(-1, 1, (n_actions,), np.float32) if gaussian
+                      else spaces.Discrete(n_actions))
     rng = np.random.default_rng(0)
-    batch = 2048
-    obs = rng.standard_normal((batch, obs_dim)).astype(np.float32)
-    actions = (rng.standard_normal((batch, n_actions)).astype(np.float32) if gaussian
-               else rng.integers(0, n_actions, batch))
-    numpy_learner = NumpyLearner(model, torch.optim.Adam(model.parameters(), lr=3e-4, eps=1e-5),
-                                 cfg)
+    batch_size = 2048
+    obs = rng.standard_normal((batch_size, obs_dim)).astype(np.float32)
+    actions = (rng.standard_normal((batch_size, n_actions)).astype(np.float32) if gaussian
+               else rng.integers(0, n_actions, (batch_size, 1)))
+
+    def learner(kind: str):
+        torch.manual_seed(0)
+        cfg = Config(hidden_sizes=hidden, shared_trunk=shared, learner=kind)
+        return make_learner(cfg, ActorCritic(obs_dim, spec, cfg), None)
+
+    numpy_learner = learner("numpy")
     logp, values = numpy_learner.evaluate(obs, actions)
-    advantages = rng.standard_normal(batch).astype(np.float32)
-    returns = (values + rng.standard_normal(batch)).astype(np.float32)
-    numpy_learner.load_batch(obs, actions, logp, values)
-    numpy_learner.set_advantages(advantages, returns)
-    index = rng.permutation(batch)[:64]
+    advantages = rng.standard_normal(batch_size).astype(np.float32)
+    returns = (values + rng.standard_normal(batch_size)).astype(np.float32)
+    batch = Batch(obs, actions, None, logp, values, advantages, returns, 0.0, None)
+    numpy_learner.load(batch)
+    index = rng.permutation(batch_size)[:64]
     result = {}
 
-    policy = InferencePolicy(model)
+    policy = make_policy(numpy_learner.model, spec)
     one = obs[:1]
     noise = policy.noise(rng, (1,))
     result["act numpy"] = best_us(lambda: policy.sample(one, noise), 5000)
@@ -95,26 +99,24 @@ def per_call(env: str, hidden: list[int], shared: bool) -> dict[str, float]:
     grad, m, v = (np.zeros_like(theta) for _ in range(3))
     coefs = kernels.PPOCoefs(0.2, True, 0.2, 0.5, 0.01, False, False)
     adam = kernels.AdamCoefs(3e-4, 0.9, 0.999, 1e-5, 0.5)
+    flat_actions = actions if gaussian else actions.reshape(-1)
+
+    def grad_only() -> None:
+        kernels.ppo_grad(theta, grad, layout, kernels.TANH, obs, flat_actions, logp, values,
+                         advantages, returns, index, coefs)
 
     def numba_step() -> None:
-        kernels.ppo_grad(theta, grad, layout, kernels.TANH, obs, actions, logp, values,
-                         advantages, returns, index, coefs)
+        grad_only()
         kernels.clip_and_adam(theta, grad, m, v, 1, adam)
 
     numba_step()
     result["step numba"] = best_us(numba_step, 200)
-    result["  of which grad"] = best_us(
-        lambda: kernels.ppo_grad(theta, grad, layout, kernels.TANH, obs, actions, logp, values,
-                                 advantages, returns, index, coefs), 200)
+    result["  of which grad"] = best_us(grad_only, 200)
     result["  of which clip + Adam"] = best_us(
         lambda: kernels.clip_and_adam(theta, grad, m, v, 1, adam), 500)
 
-    torch.manual_seed(0)
-    twin = ActorCritic(obs_dim, space, hidden, shared)
-    torch_learner = TorchLearner(twin, torch.optim.Adam(twin.parameters(), lr=3e-4, eps=1e-5),
-                                 cfg)
-    torch_learner.load_batch(obs, actions, logp, values)
-    torch_learner.set_advantages(advantages, returns)
+    torch_learner = learner("torch")
+    torch_learner.load(batch)
     result["step torch"] = best_us(lambda: torch_learner.step(index), 30)
     return result
 

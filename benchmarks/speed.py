@@ -53,7 +53,7 @@ def child_ppo(num_envs: int, rollout_steps: int, steps: int, seed: int) -> dict:
     import torch
 
     from ppo.config import Config
-    from ppo.trainer import PPO
+    from ppo.agent import PPO
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -7,7 +7,7 @@ Two measurements, each repeated in fresh processes (median, min-max):
      LunarLander-v3 setup, final checkpoint included).
   2. The same `ppo train` taken apart in one child process, each phase timed in the order
      `ppo train` runs it: the interpreter up to `import ppo.cli`, NumPy, Gymnasium, torch, the
-     rest of `ppo.trainer`, `torch._dynamo` (imported by the first `torch.optim.Adam(...)`,
+     rest of `ppo.agent`, `torch._dynamo` (imported by the first `torch.optim.Adam(...)`,
      timed here apart), the agent's construction (env, model, learner), the first rollout of
      2048 steps, the update's minibatch steps, and the final checkpoint.
 
@@ -57,9 +57,9 @@ def child_phases(spawned: float) -> dict[str, tuple[float, float]]:
     lap("import gymnasium")
     import torch
     lap("import torch")
+    from ppo.agent import PPO
     from ppo.config import Config
-    from ppo.trainer import PPO
-    lap("import the rest of ppo.trainer")
+    lap("import the rest of ppo.agent")
     import torch._dynamo  # noqa: F401  (what torch.optim.Optimizer.__init__ imports)
     lap("import torch._dynamo (first torch.optim.Adam)")
     with tempfile.TemporaryDirectory() as tmp:

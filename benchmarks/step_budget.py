@@ -14,7 +14,9 @@ microseconds per env step:
   - minibatch steps: 128 steps of 64 per 2048-step rollout (K 4), amortized per env step;
     `NumpyLearner.step` against `kernels.ppo_grad` + `kernels.clip_and_adam`.
 
-It measures the engine as of this commit (Collector, InferencePolicy, NumpyLearner).
+It takes the collector, policy and learner from a `PPO` agent built with the standard
+settings; the Numba figures swap in `kernels.act` for the policy's sampling and the kernels'
+minibatch step for the learner's.
 
     python benchmarks/step_budget.py
 """
@@ -41,7 +43,7 @@ ENV_ID, T, MINIBATCH, EPOCHS = "LunarLander-v3", 2048, 64, 4
 
 
 class KernelPolicy:
-    """`InferencePolicy`'s acting interface on top of `kernels.act` (same noise stream)."""
+    """The collector's acting interface on top of `kernels.act` (same noise stream)."""
 
     def __init__(self, policy, theta: np.ndarray, layout) -> None:
         from ppo import kernels
@@ -50,11 +52,11 @@ class KernelPolicy:
         self.snapshot = kernels.policy_snapshot(theta, layout, kernels.TANH)
         self.kernels = kernels
 
-    def noise(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-        return self.inner.noise(rng, shape)
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
 
-    def sample(self, obs: np.ndarray, noise: np.ndarray) -> np.ndarray:
-        return self.kernels.act(self.snapshot, obs, noise)
+    def sample(self, obs: np.ndarray, noise: np.ndarray, mask=None) -> np.ndarray:
+        return self.kernels.act(self.snapshot, obs, noise)[:, None]  # (N, 1) columns
 
 
 def cpu_us_per(fn, count: int, repeats: int) -> float:
@@ -69,13 +71,10 @@ def cpu_us_per(fn, count: int, repeats: int) -> float:
 def measure(repeats: int) -> dict[str, float]:
     import torch
 
-    from ppo import kernels
-    from ppo.advantages import gae
+    from ppo import PPO, kernels
+    from ppo.advantages import prepare_batch
     from ppo.config import Config
     from ppo.envs import make_vector_env
-    from ppo.numpy_learner import NumpyLearner
-    from ppo.policy import ActorCritic, InferencePolicy
-    from ppo.rollout import Collector
 
     torch.set_num_threads(1)
     cfg = Config(env_id=ENV_ID, tensorboard=False)
@@ -93,42 +92,32 @@ def measure(repeats: int) -> dict[str, float]:
             envs.step(a)
 
     out["vector env"] = cpu_us_per(step_envs, T, repeats) - out["env-only"]
+    envs.close()
 
-    torch.manual_seed(0)
-    model = ActorCritic(8, envs.single_action_space, [64, 64], True)
-    learner = NumpyLearner(model, torch.optim.Adam(model.parameters(), lr=3e-4, eps=1e-5), cfg)
+    agent = PPO(cfg, verbose=False)
+    agent.learn(total_timesteps=T)  # envs started, weights past their initialization
+    collector, learner = agent.collector, agent.learner
     layout = kernels.mlp_layout(8, [64, 64], 4, True, False)
-    for name, policy in (("numpy", InferencePolicy(model)),
-                         ("numba", KernelPolicy(InferencePolicy(model), learner.theta, layout))):
-        collector = Collector(envs, policy, np.random.default_rng(0), None, None)
-        collector.reset(0)
+    numpy_policy = collector.policy
+    for name, policy in (("numpy", numpy_policy),
+                         ("numba", KernelPolicy(numpy_policy, learner.theta, layout))):
+        collector.policy = policy
         collector.collect(T, 0)  # warm-up (and compilation)
-        out[f"collector ({name})"] = (cpu_us_per(lambda c=collector: c.collect(T, 0), T, repeats)
+        out[f"collector ({name})"] = (cpu_us_per(lambda: collector.collect(T, 0), T, repeats)
                                       - out["vector env"] - out["env-only"])
+    collector.policy = numpy_policy
     rollout = collector.collect(T, 0)
 
-    obs, acts = rollout.obs.reshape(T, -1), rollout.actions.reshape(T)
-
     def advantages() -> None:
-        _, values = learner.evaluate(obs, acts)
-        successors = learner.values(np.concatenate([rollout.last_obs, rollout.final_obs]))
-        next_values = np.empty((T, 1), np.float32)
-        next_values[:-1, 0] = values[1:]
-        next_values[-1] = successors[:1]
-        next_values[rollout.final_steps] = successors[1:]
-        gae(rollout.rewards, values.reshape(T, 1), next_values, rollout.terminated,
-            rollout.episode_end, cfg.gamma, cfg.gae_lambda)
+        prepare_batch(rollout, learner.evaluate, learner.values, cfg)
 
     out["advantages"] = cpu_us_per(advantages, T, repeats)
 
-    logp, values = learner.evaluate(obs, acts)
+    batch = prepare_batch(rollout, learner.evaluate, learner.values, cfg)
+    learner.load(batch)
     rng = np.random.default_rng(0)
-    adv = rng.standard_normal(T).astype(np.float32)
-    returns = (values + rng.standard_normal(T)).astype(np.float32)
-    learner.load_batch(obs, acts, logp, values)
-    learner.set_advantages(adv, returns)
     steps_per_update = EPOCHS * T // MINIBATCH
-    order = [rng.permutation(T)[:MINIBATCH] for _ in range(steps_per_update)]
+    order = [rng.permutation(len(batch.obs))[:MINIBATCH] for _ in range(steps_per_update)]
 
     def numpy_steps() -> None:
         for index in order:
@@ -138,17 +127,18 @@ def measure(repeats: int) -> dict[str, float]:
     grad, m, v = (np.zeros_like(theta) for _ in range(3))
     coefs = kernels.PPOCoefs(0.2, True, 0.2, 0.5, 0.01, False, False)
     adam = kernels.AdamCoefs(3e-4, 0.9, 0.999, 1e-5, 0.5)
+    acts = batch.actions.reshape(-1)
 
     def numba_steps() -> None:
         for step, index in enumerate(order, 1):
-            kernels.ppo_grad(theta, grad, layout, kernels.TANH, obs, acts, logp, values, adv,
-                             returns, index, coefs)
+            kernels.ppo_grad(theta, grad, layout, kernels.TANH, batch.obs, acts, batch.logp_old,
+                             batch.values, batch.advantages, batch.returns, index, coefs)
             kernels.clip_and_adam(theta, grad, m, v, step, adam)
 
     numba_steps()
     out["minibatch steps (numpy)"] = cpu_us_per(numpy_steps, T, repeats)
     out["minibatch steps (numba)"] = cpu_us_per(numba_steps, T, repeats)
-    envs.close()
+    agent.close()
     return out
 
 

@@ -51,7 +51,7 @@ TARGET = 200.0
 
 def child_ppo(seed: int, max_steps: int) -> dict:
     from ppo.config import Config
-    from ppo.trainer import PPO
+    from ppo.agent import PPO
 
     start = time.process_time()  # after the imports, as for SB3
     agent = PPO(Config(env_id=ENV_ID, seed=seed, num_envs=1, rollout_steps=2048,

@@ -5,7 +5,7 @@ Two loops, each case in a fresh single-threaded child process:
 
   - env-only: random actions drawn up front, `step` in a loop;
   - with an actor: each step's actions come from a 64-64 tanh MLP policy in NumPy
-    (`InferencePolicy`, what ppo's collector uses) on the step's observations. With two
+    (the policy ppo's collector uses) on the step's observations. With two
     groups the loop is pipelined: the workers step one group while the caller computes the
     actions of the other.
 
@@ -73,7 +73,10 @@ def run_case(kind: str, env_id: str, num_envs: int, workers: int, groups: int, s
     import torch
     from gymnasium.vector.utils import batch_space
 
-    from ppo.policy import ActorCritic, InferencePolicy
+    from ppo.config import Config
+    from ppo.networks import ActorCritic
+    from ppo.policy import make_policy
+    from ppo.spaces import ActionSpec
 
     torch.manual_seed(0)
     envs = make(kind, env_id, num_envs, workers, groups)
@@ -81,15 +84,13 @@ def run_case(kind: str, env_id: str, num_envs: int, workers: int, groups: int, s
     rng = np.random.default_rng(0)
     obs, _ = envs.reset(seed=0) if kind != "envpool" else envs.reset()
     rounds = steps // num_envs
-    policy = InferencePolicy(ActorCritic(int(np.prod(obs_space.shape)), action_space, [64, 64],
-                                         True))
+    spec = ActionSpec(action_space)
+    policy = make_policy(ActorCritic(int(np.prod(obs_space.shape)), spec, Config()), spec)
     noise = policy.noise(rng, (rounds + 2, num_envs))
-    discrete = hasattr(action_space, "n")
-    low, high = (None, None) if discrete else (action_space.low, action_space.high)
 
     def act(o: np.ndarray, t: int, rows: slice) -> np.ndarray:
-        a = policy.sample(np.asarray(o, np.float32).reshape(len(o), -1), noise[t, rows])
-        return a if discrete else np.clip(a, low, high)
+        return spec.to_env(policy.sample(np.asarray(o, np.float32).reshape(len(o), -1),
+                                         noise[t, rows]))
 
     batched = batch_space(action_space, num_envs)
     batched.seed(0)

@@ -5,24 +5,22 @@ import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
-from torch import nn
 
 from ppo import kernels, objective
-from ppo.policy import ActorCritic
+from ppo.config import Config
+from ppo.networks import ActorCritic
+from ppo.spaces import ActionSpec
 
 OBS_DIM, HIDDEN = 8, [64, 64]
 SPACES = {"discrete": spaces.Discrete(4), "box": spaces.Box(-1.0, 1.0, (3,), np.float32)}
 
 
 def _model(space, shared: bool, activation: str, seed: int = 0) -> ActorCritic:
-    """An ActorCritic in float64 (the reference), with ReLU swapped in where asked."""
+    """The torch network in float64: the reference."""
     torch.manual_seed(seed)
-    model = ActorCritic(OBS_DIM, space, HIDDEN, shared, init_log_std=-0.3)
-    if activation == "relu":
-        for trunk in (model.actor, model.critic):
-            for i, module in enumerate(trunk or []):
-                if isinstance(module, nn.Tanh):
-                    trunk[i] = nn.ReLU()
+    cfg = Config(hidden_sizes=HIDDEN, shared_trunk=shared, activation=activation,
+                 init_log_std=-0.3)
+    model = ActorCritic(OBS_DIM, ActionSpec(space), cfg)
     with torch.no_grad():  # non-zero biases, so that a bias in the wrong place shows
         for name, p in model.named_parameters():
             if name.endswith("bias"):
@@ -31,8 +29,13 @@ def _model(space, shared: bool, activation: str, seed: int = 0) -> ActorCritic:
 
 
 def _layout(model: ActorCritic) -> kernels.MLPLayout:
-    return kernels.mlp_layout(OBS_DIM, HIDDEN, model.action_dim, model.critic is None,
-                              not model.discrete)
+    return kernels.mlp_layout(OBS_DIM, HIDDEN, model.action_spec.num_params,
+                              model.critic is None, not model.action_spec.discrete)
+
+
+def _torch_actions(actions: np.ndarray) -> torch.Tensor:
+    """The kernels take Categorical actions as (N,), the torch network as (N, 1) columns."""
+    return torch.as_tensor(actions if actions.ndim == 2 else actions[:, None])
 
 
 def _flat(model: ActorCritic) -> np.ndarray:
@@ -56,7 +59,8 @@ def test_layout_follows_the_model_parameters(space, shared):
     layout = _layout(model)
     assert layout.size == sum(p.numel() for p in model.parameters())
     rows = [*layout.actor, *layout.critic, layout.policy_head, layout.value_head]
-    offsets = [(layout.log_std, (model.action_dim,))] if layout.log_std >= 0 else []
+    offsets = ([(layout.log_std, (model.action_spec.num_params,))] if layout.log_std >= 0
+               else [])
     for w_off, b_off, n_in, n_out in rows:
         offsets += [(w_off, (n_out, n_in)), (b_off, (n_out,))]
     start = 0
@@ -88,8 +92,8 @@ def test_act_is_the_model_policy_plus_noise(space, activation):
     with torch.no_grad():
         out, _ = model(torch.as_tensor(obs, dtype=torch.float64))
     out = out.numpy()
-    zero = np.zeros((len(obs), model.action_dim))
-    if model.discrete:
+    zero = np.zeros((len(obs), model.action_spec.num_params))
+    if model.action_spec.discrete:
         np.testing.assert_array_equal(kernels.act(snapshot, obs, zero), out.argmax(1))
         gumbel = rng.gumbel(size=zero.shape)
         np.testing.assert_array_equal(kernels.act(snapshot, obs, gumbel),
@@ -108,7 +112,7 @@ def _reference(model, obs, actions, logp_old, old_values, advantages, returns, i
     """PPO's loss on a minibatch with torch autograd (objective.py), and its gradient."""
     model.zero_grad()
     t = lambda a: torch.as_tensor(a[index]).double()  # noqa: E731
-    logp, entropy, values = model.evaluate(t(obs), torch.as_tensor(actions[index]))
+    logp, entropy, values = model.evaluate(t(obs), _torch_actions(actions[index]))
     log_ratio = logp - (logp.detach() if coefs.old_from_current else t(logp_old))
     ratio = torch.exp(log_ratio)
     adv = t(advantages)
@@ -142,8 +146,7 @@ def test_loss_and_gradient_are_autograds(space, shared, activation, clip_value, 
             start += p.numel()
     obs, actions, rng = _batch(space)
     with torch.no_grad():
-        logp, _, values = model.evaluate(torch.as_tensor(obs).double(),
-                                         torch.as_tensor(actions))
+        logp, _, values = model.evaluate(torch.as_tensor(obs).double(), _torch_actions(actions))
     n = len(obs)
     # Old log-probs and values away from the current ones, so that ratios fall on both
     # sides of both clip bounds and the value clip is active for some samples.

@@ -11,24 +11,47 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from helpers_envs import terminating
+from helpers_envs import DictObsEnv, InfoMaskedChoiceEnv, MaskedChoiceEnv, terminating
 from ppo.envs import InProcessVectorEnv
 from ppo.episode_replay import ReplayableEpisodes
 from ppo.rollout import EnvWorkerError
 from ppo.subprocess_vector import SubprocessVectorEnv
 
 
+def _assert_same_info(a, b):
+    """Equal batched infos: same keys, masks and values, object arrays element by element."""
+    assert sorted(a) == sorted(b)
+    for key in b:
+        if isinstance(b[key], dict):
+            _assert_same_info(a[key], b[key])
+        elif b[key].dtype == object:
+            assert len(a[key]) == len(b[key])
+            for x, y in zip(a[key], b[key], strict=True):
+                if isinstance(y, dict):
+                    _assert_same_info(x, y)
+                else:
+                    np.testing.assert_array_equal(x, y)
+        else:
+            np.testing.assert_array_equal(a[key], b[key])
+            assert a[key].dtype == b[key].dtype
+
+
 def _assert_same_step(a, b):
     for x, y in zip(a[:4], b[:4], strict=True):
         np.testing.assert_array_equal(x, y)
         assert x.dtype == y.dtype
-    assert a[4].keys() == b[4].keys()
-    if b[4]:
-        mask = b[4]["_final_obs"]
-        np.testing.assert_array_equal(a[4]["_final_obs"], mask)
-        np.testing.assert_array_equal(np.stack(a[4]["final_obs"][mask]),
-                                      np.stack(b[4]["final_obs"][mask]))
-        assert (a[4]["final_obs"][~mask] == None).all()  # noqa: E711 (object array)
+    _assert_same_info(a[4], b[4])
+
+
+def _rows(info, rows: slice):
+    """A batched info restricted to some envs: entries none of them has are left out."""
+    out = {}
+    for key, value in info.items():
+        mask = info[f"_{key}"][rows] if not key.startswith("_") else None
+        if mask is not None and mask.any():
+            out[key] = _rows(value, rows) if isinstance(value, dict) else value[rows]
+            out[f"_{key}"] = mask
+    return out
 
 
 @pytest.mark.parametrize("env_id, steps", [("LunarLander-v3", 300), ("Pendulum-v1", 450),
@@ -65,6 +88,7 @@ def test_final_observation_and_reset_on_episode_end():
         np.testing.assert_array_equal(info["_final_obs"], [True, False])
         np.testing.assert_array_equal(info["final_obs"][0], [2.0])
         assert info["final_obs"][1] is None
+        np.testing.assert_array_equal(info["_final_info"], [True, False])
         _, _, _, _, info = envs.step(np.zeros(2, np.int64))
         np.testing.assert_array_equal(info["_final_obs"], [False, True])
         _, _, _, _, info = envs.step(np.zeros(2, np.int64))
@@ -91,15 +115,11 @@ def test_groups_step_apart_with_the_same_results():
             grouped.step_async(actions, group=0)  # or the whole batch
             second = grouped.step_wait(1)
             first = grouped.step_wait(0)
-            info = {}
-            if first[4] or second[4]:
-                empty = {"final_obs": np.full(2, None, object), "_final_obs": np.zeros(2, bool)}
-                parts = [first[4] or empty, second[4] or empty]
-                info = {k: np.concatenate([p[k] for p in parts]) for k in empty}
-            _assert_same_step(
-                tuple(np.concatenate([f, s]) for f, s in zip(first[:4], second[:4],
-                                                             strict=True)) + (info,),
-                expected)
+            for part, rows in ((first, slice(0, 2)), (second, slice(2, 4))):
+                for x, y in zip(part[:4], expected[:4], strict=True):
+                    np.testing.assert_array_equal(x, y[rows])
+                if part[4] or expected[4]:
+                    _assert_same_info(part[4], _rows(expected[4], rows))
     finally:
         grouped.close()
         plain.close()
@@ -126,6 +146,36 @@ def test_call_reaches_every_env_in_order():
         assert restored.shape == (3, 4)
     finally:
         envs.close()
+
+
+def test_action_masks_and_wrapper_methods_as_in_process():
+    fns = [InfoMaskedChoiceEnv] * 3
+    ours = SubprocessVectorEnv(fns, num_workers=2)
+    theirs = InProcessVectorEnv(fns)
+    try:
+        reset_a, reset_b = ours.reset(seed=2), theirs.reset(seed=2)
+        np.testing.assert_array_equal(reset_a[0], reset_b[0])
+        _assert_same_info(reset_a[1], reset_b[1])
+        assert "action_mask" in reset_b[1]
+        rng = np.random.default_rng(0)
+        for _ in range(50):
+            actions = rng.integers(0, theirs.single_action_space.n, 3)
+            _assert_same_step(ours.step(actions), theirs.step(actions))
+    finally:
+        ours.close()
+        theirs.close()
+    wrapped = SubprocessVectorEnv([MaskedChoiceEnv] * 2, num_workers=2)
+    try:
+        wrapped.reset(seed=0)
+        assert wrapped.call("has_wrapper_attr", "action_masks") == (True, True)
+        assert np.stack(wrapped.call("action_masks")).shape[0] == 2
+    finally:
+        wrapped.close()
+
+
+def test_only_array_spaces():
+    with pytest.raises(ValueError, match="array spaces, not Dict"):
+        SubprocessVectorEnv([DictObsEnv] * 2, num_workers=2)
 
 
 def test_an_env_error_is_raised_in_the_caller():

@@ -1,4 +1,4 @@
-"""Env construction and vectorization, and the check that the engine supports its spaces."""
+"""Env construction and vectorization."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from ppo.config import Config, ConfigError
 from ppo.episode_replay import ReplayableEpisodes
+from ppo.extras import require
 
 EnvSource = str | gym.Env | Callable[[], gym.Env] | VectorEnv
 
@@ -23,8 +24,34 @@ EnvSource = str | gym.Env | Callable[[], gym.Env] | VectorEnv
 NATIVE_MIN_ENVS = 8
 
 
-def _make_one(spec: EnvSpec) -> gym.Env:
-    return gym.make(spec)
+def load_wrapper(path: str) -> Callable[..., gym.Env]:
+    """The wrapper class (or function) a 'module:Name' path names."""
+    module, _, name = path.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except Exception as e:
+        raise ConfigError(f"cannot load wrapper {path!r}: {type(e).__name__}: {e}") from None
+
+
+def make_env(cfg: Config, spec: EnvSpec | None = None, **make_kwargs: Any) -> gym.Env:
+    """One env as the config describes it: gymnasium.make with its env_kwargs, then its
+    wrappers in order. Errors are one line naming what failed."""
+    spec = spec or env_spec(cfg.env_id)
+    try:
+        env = gym.make(spec, **cfg.env_kwargs, **make_kwargs)
+    except Exception as e:  # an env's constructor can raise anything
+        given = f" with {cfg.env_kwargs}" if cfg.env_kwargs else ""
+        raise ConfigError(f"cannot make env {cfg.env_id!r}{given}: "
+                          f"{type(e).__name__}: {e}") from None
+    for wrapper in cfg.wrappers:
+        try:
+            env = load_wrapper(wrapper["path"])(env, **wrapper["kwargs"])
+        except ConfigError:
+            raise
+        except Exception as e:
+            raise ConfigError(f"wrapper {wrapper['path']!r} failed on {cfg.env_id!r}: "
+                              f"{type(e).__name__}: {e}") from None
+    return env
 
 
 def _make_replayable(make: Callable[[], gym.Env], index: int) -> gym.Env:
@@ -43,10 +70,18 @@ def env_spec(env_id: str) -> EnvSpec:
         if name in gym.registry:
             return gym.spec(name)
         return EnvSpec(id=name, entry_point=env_id)
+    if env_id.startswith("ALE/"):
+        require("atari", f"env {env_id}")
+        import ale_py
+
+        gym.register_envs(ale_py)
     try:
-        return gym.spec(env_id)
+        spec = gym.spec(env_id)
     except gym.error.Error as e:
         raise ConfigError(f"unknown env id {env_id!r}: {e}") from None
+    if str(spec.entry_point).startswith("gymnasium.envs.mujoco"):
+        require("mujoco", f"env {env_id}")
+    return spec
 
 
 class InProcessVectorEnv(VectorEnv):
@@ -54,7 +89,8 @@ class InProcessVectorEnv(VectorEnv):
 
     Same-step autoreset semantics as Gymnasium's SyncVectorEnv, whose generic per-step
     info merging and copying cost ~17 us a step on LunarLander (as much as a third of the
-    env itself). The only info kept is what training needs: "final_obs" and its mask.
+    env itself). The only info kept is what training needs, in Gymnasium's batched layout:
+    "final_obs" and "final_info" where episodes ended, and "action_mask" where envs give one.
     """
 
     def __init__(self, env_fns: list[Callable[[], gym.Env]]) -> None:
@@ -68,34 +104,49 @@ class InProcessVectorEnv(VectorEnv):
         self.metadata = {**first.metadata, "autoreset_mode": AutoresetMode.SAME_STEP}
         self.spec = first.spec
         self.render_mode = first.render_mode
+        # Arrays stack with np.array; Dict and Tuple observations or actions go through
+        # Gymnasium's batching helpers.
+        self._plain_obs = not isinstance(first.observation_space, spaces.Dict | spaces.Tuple)
+        self._plain_actions = not isinstance(first.action_space, spaces.Dict | spaces.Tuple)
+
+    def _batch(self, obs: list) -> Any:
+        if self._plain_obs:
+            # np.array, not np.stack: the same result for equal shapes, at a sixth of the cost.
+            return np.array(obs)
+        space = self.single_observation_space
+        return concatenate(space, obs, create_empty_array(space, self.num_envs))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
-        obs = [env.reset(seed=s, options=options)[0]
-               for env, s in zip(self.envs, seeds, strict=True)]
-        return np.stack(obs), {}
+        obs, info = [], {}
+        for i, (env, s) in enumerate(zip(self.envs, seeds, strict=True)):
+            o, env_info = env.reset(seed=s, options=options)
+            obs.append(o)
+            if "action_mask" in env_info:
+                info = self._add_info(info, {"action_mask": env_info["action_mask"]}, i)
+        return self._batch(obs), info
 
-    def step(self, actions: np.ndarray):
+    def step(self, actions: Any):
         obs, rewards, terminated, truncated = [], [], [], []
         info: dict = {}
+        if not self._plain_actions:
+            actions = list(iterate(self.action_space, actions))
         for i, env in enumerate(self.envs):
-            o, reward, term, trunc, _ = env.step(actions[i])
+            o, reward, term, trunc, env_info = env.step(actions[i])
             if term or trunc:
-                if not info:
-                    n = self.num_envs
-                    info = {"final_obs": np.full(n, None, object), "_final_obs": np.zeros(n, bool)}
-                info["final_obs"][i], info["_final_obs"][i] = o, True
-                o, _ = env.reset()
+                info = self._add_info(info, {"final_obs": o, "final_info": env_info}, i)
+                o, env_info = env.reset()
+            if env_info and "action_mask" in env_info:
+                info = self._add_info(info, {"action_mask": env_info["action_mask"]}, i)
             obs.append(o)
             rewards.append(reward)
             terminated.append(term)
             truncated.append(trunc)
-        # np.array, not np.stack: the same result for equal shapes, at a sixth of the cost.
-        return (np.array(obs), np.array(rewards, np.float64), np.array(terminated, bool),
+        return (self._batch(obs), np.array(rewards, np.float64), np.array(terminated, bool),
                 np.array(truncated, bool), info)
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        return tuple(getattr(env, name)(*args, **kwargs) for env in self.envs)
+        return tuple(env.get_wrapper_attr(name)(*args, **kwargs) for env in self.envs)
 
     def close_extras(self, **kwargs) -> None:
         for env in self.envs:
@@ -120,48 +171,32 @@ def make_vector_env(cfg: Config, source: EnvSource | None = None) -> VectorEnv:
     else:
         spec = env_spec(cfg.env_id)
         if mode == "auto":
-            native = spec.vector_entry_point is not None and cfg.num_envs >= NATIVE_MIN_ENVS
+            native = (spec.vector_entry_point is not None and cfg.num_envs >= NATIVE_MIN_ENVS
+                      and not cfg.wrappers)
             mode = "native" if native else "sync"
         if mode == "native":
             if spec.vector_entry_point is None:
                 raise ConfigError(f"{cfg.env_id} has no native vectorized implementation")
-            return gym.make_vec(spec, cfg.num_envs, vectorization_mode="vector_entry_point")
-        env_fns = [partial(_make_one, spec)] * cfg.num_envs
+            if cfg.wrappers:
+                raise ConfigError("wrappers apply to single envs; use vector sync or async")
+            try:
+                return gym.make_vec(spec, cfg.num_envs, vectorization_mode="vector_entry_point",
+                                    **cfg.env_kwargs)
+            except Exception as e:
+                raise ConfigError(f"cannot make env {cfg.env_id!r}: {type(e).__name__}: "
+                                  f"{e}") from None
+        if mode == "async":  # the workers build their envs out of reach: check one here
+            make_env(cfg, spec).close()
+        env_fns = [partial(make_env, cfg, spec)] * cfg.num_envs
     env_fns = [partial(_make_replayable, fn, i) for i, fn in enumerate(env_fns)]
     try:
         if mode == "async":
             envs = gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
         else:
             envs = InProcessVectorEnv(env_fns)
+    except ConfigError:
+        raise
     except Exception as e:  # an env's constructor can raise anything; report it as one line
         raise ConfigError(f"cannot make env {cfg.env_id!r}: {type(e).__name__}: {e}") from None
     envs.replayable_episodes = True
     return envs
-
-
-def obs_dim(space: spaces.Space) -> int:
-    """Width of the flat float vector the networks see; raises for unsupported spaces."""
-    if isinstance(space, spaces.Box):
-        return int(np.prod(space.shape))
-    if isinstance(space, spaces.Discrete):
-        return int(space.n)
-    raise ConfigError(
-        f"unsupported observation space {type(space).__name__}: ppo takes Box or Discrete"
-    )
-
-
-def check_action_space(space: spaces.Space) -> None:
-    if isinstance(space, spaces.Discrete):
-        return
-    if isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating):
-        return
-    raise ConfigError(
-        f"unsupported action space {type(space).__name__}: ppo takes Discrete or float Box"
-    )
-
-
-def encode_obs(space: spaces.Space, obs: np.ndarray) -> np.ndarray:
-    """A (N, ...) batch of raw observations as (N, obs_dim) float32: flattened, or one-hot."""
-    if isinstance(space, spaces.Discrete):
-        return np.eye(space.n, dtype=np.float32)[np.asarray(obs) - space.start]
-    return np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)

@@ -13,6 +13,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from gymnasium import spaces
 
 # An episode longer than this stops being recorded (memory); on resume that env restarts.
 MAX_RECORDED_STEPS = 100_000
@@ -49,13 +50,22 @@ class ReplayableEpisodes(gym.Wrapper):
         return self.env.step(action)
 
     def snapshot(self) -> dict[str, Any] | None:
-        """Where this env stands: None when its episode can't be replayed."""
+        """Where this env stands: None when its episode can't be replayed. Dict and Tuple
+        actions are stored flattened (gymnasium.spaces.flatten)."""
         if self.env_seed is None or self.actions is None:
             return None
         space = self.action_space
-        actions = (np.stack(self.actions) if self.actions
-                   else np.zeros((0, *space.shape), space.dtype))
-        return {"env_seed": self.env_seed, "episode": self.episode, "actions": actions}
+        if self._composite:
+            actions = [spaces.flatten(space, a) for a in self.actions]
+            empty = np.zeros((0, spaces.flatdim(space)), np.float64)
+        else:
+            actions, empty = self.actions, np.zeros((0, *space.shape), space.dtype)
+        return {"env_seed": self.env_seed, "episode": self.episode,
+                "actions": np.stack(actions) if actions else empty}
+
+    @property
+    def _composite(self) -> bool:
+        return isinstance(self.action_space, spaces.Dict | spaces.Tuple)
 
     def restore(self, snapshots: list[dict[str, Any]]) -> np.ndarray:
         """Replay this env's entry of `snapshots` (one per env); returns the observation."""
@@ -64,5 +74,7 @@ class ReplayableEpisodes(gym.Wrapper):
         self.actions = []
         obs, _ = self.env.reset(seed=episode_seed(self.env_seed, self.episode))
         for action in snap["actions"]:
+            if self._composite:
+                action = spaces.unflatten(self.action_space, action)
             obs, *_ = self.step(action)
         return obs

@@ -33,14 +33,17 @@ class RunningMeanStd:
 
 
 class ObsNormalizer:
-    """(obs - mean) / std, clipped; `update` is called only on training data."""
+    """(obs - mean) / std, clipped, on the columns where it makes sense (not one-hot or binary
+    ones); `stats.update` is called only on training data."""
 
-    def __init__(self, dim: int, clip: float) -> None:
-        self.stats, self.clip = RunningMeanStd((dim,)), clip
+    def __init__(self, columns: np.ndarray, clip: float) -> None:
+        self.stats, self.clip = RunningMeanStd((len(columns),)), clip
+        self.columns = None if columns.all() else columns
 
     def __call__(self, obs: np.ndarray) -> np.ndarray:
         scaled = (obs - self.stats.mean) / np.sqrt(self.stats.var + 1e-8)
-        return np.clip(scaled, -self.clip, self.clip).astype(np.float32)
+        scaled = np.clip(scaled, -self.clip, self.clip).astype(np.float32)
+        return scaled if self.columns is None else np.where(self.columns, scaled, obs)
 
 
 class RewardScaler:

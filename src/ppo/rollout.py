@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import concatenate, create_empty_array
 
-from ppo.envs import encode_obs
 from ppo.normalization import ObsNormalizer, RewardScaler
-from ppo.policy import InferencePolicy
+from ppo.policy import Policy
+from ppo.spaces import ActionSpec, ObsEncoder
 
 
 class EnvValueError(RuntimeError):
@@ -34,25 +34,29 @@ class EnvWorkerError(RuntimeError):
 class Rollout:
     """T steps of N envs. Observations are as the policy saw them (normalized if enabled)."""
 
-    obs: np.ndarray  # (T, N, obs_dim) float32
-    actions: np.ndarray  # (T, N) int64, or (T, N, act_dim) float32 as sampled (unclipped)
+    obs: np.ndarray  # (T, N, width) float32
+    actions: np.ndarray  # (T, N, columns) as sampled (Gaussian ones unclipped)
     rewards: np.ndarray  # (T, N) float32, scaled if reward scaling is on
     terminated: np.ndarray  # (T, N) bool: no bootstrap
     episode_end: np.ndarray  # (T, N) bool: terminated or truncated, GAE is cut here
     valid: np.ndarray  # (T, N) bool: False on NEXT_STEP reset steps
-    last_obs: np.ndarray  # (N, obs_dim): s_T, the bootstrap observation
+    last_obs: np.ndarray  # (N, width): s_T, the bootstrap observation
     final_steps: tuple[np.ndarray, np.ndarray]  # (t, n) of SAME_STEP episode ends
-    final_obs: np.ndarray  # (F, obs_dim): the true successor at those steps
+    final_obs: np.ndarray  # (F, width): the true successor at those steps
+    masks: np.ndarray | None = None  # (T, N, mask width) bool: the valid actions, if masked
 
 
 class EpisodeStats:
-    """Undiscounted returns and lengths of finished episodes, from raw env rewards."""
+    """Undiscounted returns and lengths of finished episodes, from raw env rewards, and the
+    numbers their envs reported in `info` at the end (e.g. is_success)."""
 
     def __init__(self, num_envs: int, window: int = 100) -> None:
         self.returns = np.zeros(num_envs, np.float64)
         self.lengths = np.zeros(num_envs, np.int64)
         self.recent: deque[tuple[float, int]] = deque(maxlen=window)
+        self.info: dict[str, deque[float]] = {}
         self.episodes = 0
+        self.window = window
 
     def record(self, rewards: np.ndarray, valid: np.ndarray, ended: np.ndarray) -> None:
         """Add a rollout's (T, N) raw rewards; finished episodes enter `recent` in the order
@@ -77,6 +81,29 @@ class EpisodeStats:
         self.returns[:] = 0.0
         self.lengths[:] = 0
 
+    def record_info(self, entries: list[dict[str, float]]) -> None:
+        """Add the end-of-episode info numbers of episodes, in the order they ended."""
+        for entry in entries:
+            for key, value in entry.items():
+                self.info.setdefault(key, deque(maxlen=self.window)).append(value)
+
+    def info_means(self) -> dict[str, float]:
+        """Mean of each info number over the last episodes that reported it."""
+        return {f"info/{key}": float(np.mean(values)) for key, values in self.info.items()}
+
+    def state(self) -> dict[str, Any]:
+        """The finished episodes, for a checkpoint's metadata."""
+        return {"episodes": self.episodes, "recent_episodes": list(self.recent),
+                "episode_info": {k: list(v) for k, v in self.info.items()}}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.episodes = state["episodes"]
+        self.recent.clear()
+        self.recent.extend(tuple(e) for e in state["recent_episodes"])
+        self.info = {}
+        self.record_info([{k: v} for k, values in state.get("episode_info", {}).items()
+                          for v in values])
+
     def mean_return(self) -> float:
         return float(np.mean([r for r, _ in self.recent])) if self.recent else float("nan")
 
@@ -90,20 +117,20 @@ class Collector:
     def __init__(
         self,
         envs: VectorEnv,
-        policy: InferencePolicy,
+        policy: Policy,
+        encoder: ObsEncoder,
+        action_spec: ActionSpec,
         rng: np.random.Generator,
         obs_normalizer: ObsNormalizer | None,
         reward_scaler: RewardScaler | None,
+        sde_sample_freq: int | None = None,
     ) -> None:
+        """sde_sample_freq: with gSDE, steps between draws of the exploration matrices (-1:
+        once per rollout); None without gSDE."""
         self.envs, self.policy, self.rng = envs, policy, rng
+        self.sde_sample_freq = sde_sample_freq
+        self.encoder, self.action_spec = encoder, action_spec
         self.obs_normalizer, self.reward_scaler = obs_normalizer, reward_scaler
-        self.obs_space = envs.single_observation_space
-        action_space = envs.single_action_space
-        self.action_bounds = (
-            (action_space.low, action_space.high) if isinstance(action_space, spaces.Box) else None
-        )
-        self.action_shape = action_space.shape
-        self.action_dtype = np.int64 if isinstance(action_space, spaces.Discrete) else np.float32
         self.next_step_reset = envs.metadata.get("autoreset_mode") == AutoresetMode.NEXT_STEP
         self.replayable = getattr(envs, "replayable_episodes", False)  # see episode_replay.py
         self.num_envs = envs.num_envs
@@ -111,47 +138,106 @@ class Collector:
         self.obs: np.ndarray | None = None
         self.pending_reset = np.zeros(self.num_envs, bool)
         self.time_env = self.time_act = 0.0
+        self._resume: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
+        # Invalid-action masking, for categorical heads: from `info["action_mask"]` or an
+        # `action_masks()` method (sb3-contrib's convention), decided at the first reset.
+        self.mask_from: str | None = None
+        self.mask: np.ndarray | None = None
 
-    def reset(self, seed: int) -> None:
-        raw, _ = self.envs.reset(seed=seed)
+    def start(self, seed: int, replay: bool = True) -> bool:
+        """Put the envs where training continues: mid-episode as a loaded checkpoint left
+        them, where they can be replayed (and `replay`), else fresh episodes from `seed`.
+        Returns False when a checkpoint's episodes had to be given up."""
+        resume, self._resume = self._resume, None
+        if resume is not None and replay and self._replay(*resume):
+            return True
+        raw, info = self.envs.reset(seed=seed)
         self.envs.action_space.seed(seed)
         self.obs = self._observe(raw, update=True)
         self.pending_reset[:] = False
         self.episodes.reset_partial()
+        self._find_masks(info)
+        return resume is None
+
+    def _find_masks(self, info: dict[str, Any], stored: np.ndarray | None = None) -> None:
+        """Where the envs' action masks come from, and the current ones (`stored`: those a
+        checkpoint kept, for masks that only come in `info`)."""
+        if not self.action_spec.mask_size:
+            return
+        if hasattr(self.envs, "call") and all(self.envs.call("has_wrapper_attr", "action_masks")):
+            self.mask_from = "method"
+        elif "action_mask" in info or stored is not None:
+            self.mask_from = "info"
+        if self.mask_from == "info" and stored is not None:
+            self.mask = stored
+        else:
+            self.mask = None if self.mask_from is None else self._masks(info)
+
+    def _masks(self, info: dict[str, Any]) -> np.ndarray:
+        """The valid actions of each env's current observation, (N, mask width) bool."""
+        if self.mask_from == "method":
+            masks = np.stack(self.envs.call("action_masks"))
+        else:
+            masks = info["action_mask"]
+        masks = np.asarray(masks, bool).reshape(self.num_envs, -1)
+        if masks.shape[1] != self.action_spec.mask_size:
+            raise EnvValueError(f"action masks have {masks.shape[1]} entries per env, the "
+                                f"action space needs {self.action_spec.mask_size}")
+        return masks
 
     def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """What a resumed run needs to continue the episodes in progress exactly; empty when
-        the envs can't be replayed (see episode_replay.py)."""
-        if not self.replayable or self.obs is None:
-            return {}, {}
-        snapshots = self.envs.call("snapshot")
+        """Arrays and metadata for a checkpoint: normalization statistics, finished episodes,
+        and what a resumed run needs to continue the episodes in progress exactly (nothing
+        when the envs can't be replayed, see episode_replay.py)."""
+        arrays: dict[str, np.ndarray] = {}
+        for prefix, normalizer in (("obs_norm", self.obs_normalizer),
+                                   ("reward_norm", self.reward_scaler)):
+            if normalizer is not None:
+                arrays.update({f"{prefix}.{k}": v for k, v in normalizer.stats.state().items()})
+        meta: dict[str, Any] = {**self.episodes.state(), "collector": {}}
+        replayable = self.replayable and self.obs is not None
+        snapshots = self.envs.call("snapshot") if replayable else [None]
         if any(snap is None for snap in snapshots):
-            return {}, {}
-        arrays = {"obs": self.obs, "episode_returns": self.episodes.returns,
-                  "episode_lengths": self.episodes.lengths}
+            return arrays, meta
+        if self.mask is not None:
+            arrays["collector.mask"] = self.mask
+        arrays.update({"collector.obs": self.obs,
+                       "collector.episode_returns": self.episodes.returns,
+                       "collector.episode_lengths": self.episodes.lengths})
         if self.reward_scaler is not None:
-            arrays["discounted_return"] = self.reward_scaler.discounted_return
+            arrays["collector.discounted_return"] = self.reward_scaler.discounted_return
         for i, snap in enumerate(snapshots):
-            arrays[f"actions.{i}"] = snap["actions"]
-        meta = {"env_seeds": [snap["env_seed"] for snap in snapshots],
-                "episodes": [snap["episode"] for snap in snapshots]}
+            arrays[f"collector.actions.{i}"] = snap["actions"]
+        meta["collector"] = {"env_seeds": [snap["env_seed"] for snap in snapshots],
+                             "episodes": [snap["episode"] for snap in snapshots]}
         return arrays, meta
 
-    def restore(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
+    def load_state(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        """The counterpart of `state`; the episodes in progress are replayed by `start`."""
+        for prefix, normalizer in (("obs_norm", self.obs_normalizer),
+                                   ("reward_norm", self.reward_scaler)):
+            if normalizer is not None:
+                normalizer.stats.load({k[len(prefix) + 1:]: v for k, v in arrays.items()
+                                       if k.startswith(prefix + ".")})
+        self.episodes.load_state(meta)
+        self._resume = ({k[len("collector."):]: v for k, v in arrays.items()
+                         if k.startswith("collector.")}, meta["collector"])
+
+    def _replay(self, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> bool:
         """Replay the episodes in progress from `state()`. False when that is impossible
-        (other envs, or an env that is not deterministic); then the caller resets instead."""
+        (other envs, or an env that is not deterministic)."""
         n = self.num_envs
-        if not (self.replayable and meta
-                and len(meta["env_seeds"]) == n):
+        if not (self.replayable and meta and len(meta["env_seeds"]) == n):
             return False
         snapshots = [{"env_seed": meta["env_seeds"][i], "episode": meta["episodes"][i],
                       "actions": arrays[f"actions.{i}"]} for i in range(n)]
-        raw = np.stack(self.envs.call("restore", snapshots))
+        raw = self._stack(self.envs.call("restore", snapshots))
         # The statistics already counted this observation before the checkpoint.
         obs = self._observe(raw, update=False)
         if not np.array_equal(obs, arrays["obs"]):
             return False
         self.obs = obs
+        self._find_masks({}, arrays.get("mask"))
         self.pending_reset[:] = False
         self.episodes.returns[:] = arrays["episode_returns"]
         self.episodes.lengths[:] = arrays["episode_lengths"]
@@ -165,30 +251,41 @@ class Collector:
         self.time_env = self.time_act = 0.0
         return timings
 
-    def _observe(self, raw: np.ndarray, update: bool) -> np.ndarray:
-        obs = encode_obs(self.obs_space, raw)
+    def _observe(self, raw: Any, update: bool, step: int = -1) -> np.ndarray:
+        """Encoded and normalized observations; with update, the normalization statistics
+        take them in. Non-finite ones stop the run (near global step `step`)."""
+        obs = self.encoder(raw)
+        if not np.isfinite(obs).all():
+            _raise_non_finite("observation", obs, step)
         if self.obs_normalizer is None:
             return obs
         if update:
             self.obs_normalizer.stats.update(obs)
         return self.obs_normalizer(obs)
 
-    def _env_action(self, action: np.ndarray) -> np.ndarray:
-        """Sampled Gaussian actions are stored as drawn and clipped only on the way out."""
-        if self.action_bounds is None:
-            return action
-        return np.clip(action, *self.action_bounds)
+    def _stack(self, observations: list[Any]) -> Any:
+        """A batch of single-env observations, as a vector env would return it."""
+        if self.encoder.plain_box:
+            return np.stack(observations)
+        space = self.encoder.space
+        return concatenate(space, observations, create_empty_array(space, len(observations)))
 
     def collect(self, steps: int, global_step: int) -> Rollout:
-        n = self.num_envs
+        n, spec = self.num_envs, self.action_spec
         obs_buf = np.empty((steps, n, self.obs.shape[-1]), np.float32)
-        actions = np.empty((steps, n, *self.action_shape), self.action_dtype)
+        actions = np.empty((steps, n, spec.columns), spec.dtype)
         raw_rewards = np.empty((steps, n), np.float64)
         rewards = np.empty((steps, n), np.float32)  # as trained on: scaled, if scaling is on
         terminated = np.empty((steps, n), bool)
         episode_end = np.empty((steps, n), bool)
         valid = np.ones((steps, n), bool)
+        masks = None if self.mask is None else np.empty((steps, *self.mask.shape), bool)
         noise = self.policy.noise(self.rng, (steps, n))
+        # gSDE: new exploration matrices at the rollout's start, then every sde_sample_freq
+        # steps, drawn from the action stream as they are needed.
+        resample_every = None if self.sde_sample_freq is None else (
+            steps if self.sde_sample_freq == -1 else self.sde_sample_freq)
+        finished_info: list[dict[str, float]] = []
         final_t: list[int] = []
         final_n: list[np.ndarray] = []
         final_obs: list[np.ndarray] = []
@@ -196,9 +293,14 @@ class Collector:
         for t in range(steps):
             tick = clock()
             obs_buf[t] = self.obs
-            action = self.policy.sample(self.obs, noise[t])
+            if masks is not None:
+                masks[t] = self.mask
+            if resample_every is not None and t % resample_every == 0:
+                self.policy.resample_exploration(self.rng, n)
+            action = self.policy.sample(self.obs, noise[t], self.mask)
             actions[t] = action
-            env_action = self._env_action(action)
+            # Gaussian actions are stored as drawn and clipped only on their way to the env.
+            env_action = spec.to_env(action)
             tock = clock()
             try:
                 raw_obs, reward, term, trunc, info = self.envs.step(env_action)
@@ -206,10 +308,6 @@ class Collector:
                 raise _dead_worker(self.envs, e) from None
             self.time_act += tock - tick
             self.time_env += clock() - tock
-            # Observations steer the next action, so they are checked at once; rewards,
-            # once for the whole rollout below.
-            if not np.isfinite(raw_obs).all():
-                _raise_non_finite("observation", raw_obs, global_step + t * n)
             ended = term | trunc
             raw_rewards[t], terminated[t], episode_end[t] = reward, term, ended
             # Only a next-step reset makes a step invalid; the common case skips the mask.
@@ -219,21 +317,27 @@ class Collector:
             if self.reward_scaler is not None:
                 rewards[t] = self.reward_scaler(reward, ended, step_valid)
             # Same-step resets put the true successors in info; an empty info means none.
-            if info and not self.next_step_reset and ended.any():
+            if info and ended.any():
                 idx = np.flatnonzero(ended)
-                successor = np.stack(info["final_obs"][idx])
-                if not np.isfinite(successor).all():
-                    _raise_non_finite("observation", successor, global_step + t * n)
-                final_t.append(t)
-                final_n.append(idx)
-                final_obs.append(self._observe(successor, update=False))
-            self.obs = self._observe(raw_obs, update=True)
+                finished_info += _numbers(info if self.next_step_reset else
+                                          info.get("final_info", {}), idx)
+                if not self.next_step_reset:
+                    final_t.append(t)
+                    final_n.append(idx)
+                    final_obs.append(self._observe(self._stack(list(info["final_obs"][idx])),
+                                                   False, global_step + t * n))
+            # Observations steer the next action, so they are checked at once (in _observe);
+            # rewards, once for the whole rollout below.
+            self.obs = self._observe(raw_obs, True, global_step + t * n)
+            if self.mask_from is not None:
+                self.mask = self._masks(info)
             if self.next_step_reset:
                 self.pending_reset = ended
         if not np.isfinite(raw_rewards).all():
             t = int(np.flatnonzero(~np.isfinite(raw_rewards).all(1))[0])
             _raise_non_finite("reward", raw_rewards[t], global_step + t * n)
         self.episodes.record(raw_rewards, valid, episode_end)
+        self.episodes.record_info(finished_info)
         if final_obs:
             counts = [len(i) for i in final_n]
             steps_idx = (np.repeat(final_t, counts), np.concatenate(final_n))
@@ -244,7 +348,23 @@ class Collector:
         if self.reward_scaler is None:
             rewards[:] = raw_rewards
         return Rollout(obs_buf, actions, rewards, terminated, episode_end, valid,
-                       self.obs.copy(), steps_idx, successors)
+                       self.obs.copy(), steps_idx, successors, masks)
+
+
+def _numbers(info: dict[str, Any], envs: np.ndarray) -> list[dict[str, float]]:
+    """For each env in `envs`, the numeric scalars of a batched info dict (Gymnasium's layout:
+    key -> array over envs, `_key` -> which envs have it)."""
+    found: list[dict[str, float]] = [{} for _ in envs]
+    for key, values in info.items():
+        if key.startswith("_") or not isinstance(values, np.ndarray) or values.ndim != 1:
+            continue
+        if values.dtype.kind not in "biuf" or key in ("final_obs", "action_mask"):
+            continue
+        present = info.get(f"_{key}")
+        for entry, i in zip(found, envs, strict=True):
+            if present is None or present[i]:
+                entry[key] = float(values[i])
+    return found
 
 
 def _dead_worker(envs: VectorEnv, error: Exception) -> EnvWorkerError:

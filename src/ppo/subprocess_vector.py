@@ -3,12 +3,14 @@
 Gymnasium's AsyncVectorEnv runs one env per process and pickles every step's results
 through a pipe; on LunarLander its overhead eats most of what the second core brings. Here
 each worker steps a contiguous block of envs and writes observations, rewards and episode
-ends straight into arrays shared with the caller; a step costs one byte each way per worker.
+ends straight into arrays shared with the caller; a step costs one byte each way per worker,
+plus a pickle of what `info` needs on the steps where it has anything.
 
-Semantics are exactly those of `InProcessVectorEnv` (envs.py): same-step autoreset, with
-info holding only "final_obs" (an object array) and its mask "_final_obs", and only on
-steps where some episode ended; `reset(seed=s)` seeds env i with s + i; `call(name, ...)`
-returns one result per env.
+Semantics are exactly those of `InProcessVectorEnv` (envs.py): same-step autoreset; info in
+Gymnasium's batched layout with only "final_obs" and "final_info" where episodes ended and
+"action_mask" where envs give one; `reset(seed=s)` seeds env i with s + i;
+`call(name, ...)` returns one result per env (through wrappers). Observation and action
+spaces must be arrays (Box, Discrete, MultiDiscrete, MultiBinary), not Dict or Tuple.
 
 Both cores at work: `step_async(actions, group)` / `step_wait(group)` step one group of
 workers while the caller computes the actions of another (`groups` > 1). `step` steps all.
@@ -94,10 +96,12 @@ class _SharedArrays:
             size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
             return ctx.RawArray(ctypes.c_byte, max(size, 1)), shape, np.dtype(dtype).str
 
+        for space in (obs_space, action_space):
+            if isinstance(space, spaces.Dict | spaces.Tuple) or space.shape is None:
+                raise ValueError(f"SubprocessVectorEnv takes array spaces, not "
+                                 f"{type(space).__name__}; use the in-process vector env")
         self.specs = {
             "obs": raw((num_envs, *obs_space.shape), obs_space.dtype),
-            "final_obs": raw((num_envs, *obs_space.shape), obs_space.dtype),
-            "final": raw((num_envs,), np.bool_),
             "rewards": raw((num_envs,), np.float64),
             "terminated": raw((num_envs,), np.bool_),
             "truncated": raw((num_envs,), np.bool_),
@@ -131,34 +135,42 @@ def _worker(commands: Connection, replies: Connection, callers_ends: list[Connec
         envs = [fn() for fn in env_fns.fn]
         _write(outbox, _OK)
         arrays = _views(specs)
-        obs, final_obs, final = arrays["obs"], arrays["final_obs"], arrays["final"]
-        rewards, actions = arrays["rewards"], arrays["actions"]
+        obs, rewards, actions = arrays["obs"], arrays["rewards"], arrays["actions"]
         terminated, truncated = arrays["terminated"], arrays["truncated"]
         while True:
             command, payload = _read(inbox)
             if command == _CLOSE:
                 break
             try:
+                # What goes into info, as (env index, entry): rare, so pickled when present.
+                extras: list[tuple[int, dict[str, Any]]] = []
                 if command == _STEP:
                     for i, env in enumerate(envs):
                         n = first + i
-                        o, reward, term, trunc, _ = env.step(actions[n])
-                        ended = term or trunc
-                        if ended:
-                            final_obs[n] = o
-                            o, _ = env.reset()
-                        obs[n], final[n] = o, ended
+                        o, reward, term, trunc, env_info = env.step(actions[n])
+                        if term or trunc:
+                            extras.append((n, {"final_obs": o, "final_info": env_info}))
+                            o, env_info = env.reset()
+                        if env_info and "action_mask" in env_info:
+                            extras.append((n, {"action_mask": env_info["action_mask"]}))
+                        obs[n] = o
                         rewards[n], terminated[n], truncated[n] = reward, term, trunc
-                    _write(outbox, _OK)
                 elif command == _RESET:
                     seed, options = payload
                     for i, env in enumerate(envs):
-                        obs[first + i] = env.reset(
-                            seed=None if seed is None else seed + first + i, options=options)[0]
-                    _write(outbox, _OK)
+                        n = first + i
+                        obs[n], env_info = env.reset(
+                            seed=None if seed is None else seed + n, options=options)
+                        if "action_mask" in env_info:
+                            extras.append((n, {"action_mask": env_info["action_mask"]}))
                 elif command == _CALL:
                     name, args, kwargs = payload
-                    _write(outbox, _RESULT, [getattr(env, name)(*args, **kwargs) for env in envs])
+                    extras = [(first + i, env.get_wrapper_attr(name)(*args, **kwargs))
+                              for i, env in enumerate(envs)]
+                if extras:
+                    _write(outbox, _RESULT, extras)
+                else:
+                    _write(outbox, _OK)
             except Exception as e:  # an env's error goes to the caller, who raises it
                 _write(outbox, _ERROR, _picklable_error(e))
     except (EOFError, OSError, KeyboardInterrupt):
@@ -178,6 +190,15 @@ def _picklable_error(e: Exception) -> Exception:
     except Exception:
         return RuntimeError(f"{type(e).__name__}: {e}")
     return e
+
+
+class _InfoBatch:
+    """Gymnasium's batching of info dicts (`VectorEnv._add_info`) for any number of envs."""
+
+    _add_info = VectorEnv._add_info
+
+    def __init__(self, num_envs: int) -> None:
+        self.num_envs = num_envs
 
 
 class SubprocessVectorEnv(VectorEnv):
@@ -271,15 +292,8 @@ class SubprocessVectorEnv(VectorEnv):
         """Results of the envs of `group` (all when None): observations, rewards,
         terminated, truncated (fresh arrays) and info."""
         envs = slice(0, self.num_envs) if group is None else self.group_envs[group]
-        self._receive_all(self._workers(group))
+        info = self._info(self._receive_all(self._workers(group)), envs)
         a = self.arrays
-        info: dict = {}
-        final = a["final"][envs]
-        if final.any():
-            final_obs = np.full(len(final), None, object)
-            for i in np.flatnonzero(final):
-                final_obs[i] = a["final_obs"][envs][i].copy()
-            info = {"final_obs": final_obs, "_final_obs": final.copy()}
         return (a["obs"][envs].copy(), a["rewards"][envs].copy(), a["terminated"][envs].copy(),
                 a["truncated"][envs].copy(), info)
 
@@ -287,16 +301,26 @@ class SubprocessVectorEnv(VectorEnv):
         self._receive_all(sorted(self._pending))  # steps started and not waited for
         for w in self._workers(None):
             self._send(w, _RESET, (seed, options))
-        self._receive_all(self._workers(None))
-        return self.arrays["obs"].copy(), {}
+        info = self._info(self._receive_all(self._workers(None)), slice(0, self.num_envs))
+        return self.arrays["obs"].copy(), info
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        """`getattr(env, name)(*args, **kwargs)` in every env; one result per env."""
+        """`env.get_wrapper_attr(name)(*args, **kwargs)` in every env; one result per env."""
         self._receive_all(sorted(self._pending))
         for w in self._workers(None):
             self._send(w, _CALL, (name, args, kwargs))
-        return tuple(result for results in self._receive_all(self._workers(None))
-                     for result in results)
+        return tuple(result for extras in self._receive_all(self._workers(None))
+                     for _, result in extras)
+
+    @staticmethod
+    def _info(replies: list[Any], envs: slice) -> dict[str, Any]:
+        """The workers' info entries for `envs`, batched as Gymnasium does (`_add_info`)."""
+        batch = _InfoBatch(envs.stop - envs.start)
+        info: dict[str, Any] = {}
+        for extras in replies:
+            for n, entry in extras or ():
+                info = batch._add_info(info, entry, n - envs.start)
+        return info
 
     # ------------------------------------------------------------------ plumbing
     def _workers(self, group: int | None) -> Sequence[int]:

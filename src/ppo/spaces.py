@@ -1,0 +1,286 @@
+"""What the engine makes of Gymnasium spaces: observations as one float vector per step, and
+actions as independent heads (Categorical, diagonal Gaussian, Bernoulli) over flat columns.
+
+Observations: Box (flattened), Discrete (one-hot), MultiDiscrete (one-hot per component),
+MultiBinary, and Dict / Tuple of these, nested too, each part encoded by its kind and
+concatenated. Text parts are dropped. Actions: Discrete, Box (float), MultiDiscrete,
+MultiBinary, and Tuple / Dict of these. A rollout stores an action as `columns` numbers: the
+index of each categorical, the value of each Gaussian or Bernoulli dimension.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from ppo.config import ConfigError
+
+OBSERVATION_KINDS = "Box, Discrete, MultiDiscrete, MultiBinary, and Dict or Tuple of these"
+ACTION_KINDS = "Discrete, float Box, MultiDiscrete, MultiBinary, and Dict or Tuple of these"
+# A uint8 Box at least this tall and wide, with 1 to 4 channels, is an image.
+MIN_IMAGE_SIZE = 32
+
+
+class ObservationError(ValueError):
+    """An observation that does not fit the env's observation space."""
+
+
+def is_image(space: spaces.Space) -> bool:
+    """uint8 (H, W), (H, W, C) or (C, H, W) with H and W >= 32 and 1 to 4 channels."""
+    if not (isinstance(space, spaces.Box) and space.dtype == np.uint8):
+        return False
+    shape = space.shape
+    if len(shape) == 2:
+        return min(shape) >= MIN_IMAGE_SIZE
+    if len(shape) != 3:
+        return False
+    channels_last = shape[2] <= 4 and min(shape[:2]) >= MIN_IMAGE_SIZE
+    channels_first = shape[0] <= 4 and min(shape[1:]) >= MIN_IMAGE_SIZE
+    return channels_last or channels_first
+
+
+def is_text(space: spaces.Space) -> bool:
+    """Text, or a space of strings of a library's own (MiniGrid's MissionSpace)."""
+    if isinstance(space, spaces.Text):
+        return True
+    known = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary,
+             spaces.Dict, spaces.Tuple)
+    return not isinstance(space, known) and isinstance(space.sample(), str)
+
+
+def _leaves(space: spaces.Space, path: str) -> list[tuple[str, spaces.Space]]:
+    """(path, space) of every part of a nested Dict / Tuple, in Gymnasium's order."""
+    if isinstance(space, spaces.Dict):
+        return [leaf for key, sub in space.spaces.items() for leaf in _leaves(sub, f"{path}.{key}")]
+    if isinstance(space, spaces.Tuple):
+        return [leaf for i, sub in enumerate(space.spaces) for leaf in _leaves(sub, f"{path}[{i}]")]
+    return [(path, space)]
+
+
+def _pick(batch: Any, path: str) -> Any:
+    """The part of a batched nested observation at `path` (as built by `_leaves`)."""
+    for token in path.replace("[", ".[").split(".")[1:]:
+        batch = batch[int(token[1:-1])] if token.startswith("[") else batch[token]
+    return batch
+
+
+@dataclass(frozen=True)
+class _ObsPart:
+    path: str
+    space: spaces.Space
+    width: int
+    normalize: bool  # real-valued: running mean/std normalization applies
+
+
+def _obs_part(path: str, space: spaces.Space) -> _ObsPart | None:
+    name = path.lstrip(".") or "observation"
+    if is_text(space):
+        return None
+    if is_image(space):
+        raise ConfigError(f"observation part {name} is an image {space.shape}: image "
+                          "observations need a CNN, which ppo does not have yet")
+    if isinstance(space, spaces.Box):
+        return _ObsPart(path, space, int(np.prod(space.shape)), True)
+    if isinstance(space, spaces.Discrete):
+        return _ObsPart(path, space, int(space.n), False)
+    if isinstance(space, spaces.MultiDiscrete):
+        return _ObsPart(path, space, int(space.nvec.sum()), False)
+    if isinstance(space, spaces.MultiBinary):
+        return _ObsPart(path, space, int(np.prod(space.shape)), False)
+    raise ConfigError(f"unsupported observation space {type(space).__name__} ({name}): "
+                      f"ppo takes {OBSERVATION_KINDS}")
+
+
+def _one_hot(values: np.ndarray, n: int) -> np.ndarray:
+    return np.eye(n, dtype=np.float32)[values]
+
+
+class ObsEncoder:
+    """A batch of raw observations -> the (N, width) float32 matrix the networks see."""
+
+    def __init__(self, space: spaces.Space) -> None:
+        self.space = space
+        found = [(path, sub) for path, sub in _leaves(space, "")]
+        self.dropped = [path.lstrip(".") for path, sub in found if is_text(sub)]
+        self.parts = [part for path, sub in found if (part := _obs_part(path, sub)) is not None]
+        if not self.parts:
+            raise ConfigError("the observation space has no part ppo can use: "
+                              f"ppo takes {OBSERVATION_KINDS}")
+        self.width = sum(part.width for part in self.parts)
+        # Columns that observation normalization applies to (one-hot and binary parts: none).
+        self.normalized_columns = np.concatenate(
+            [np.full(part.width, part.normalize) for part in self.parts])
+        self.plain_box = isinstance(space, spaces.Box)
+        self.shape = space.shape if self.plain_box else None
+
+    def __call__(self, batch: Any) -> np.ndarray:
+        if self.plain_box:
+            obs = np.asarray(batch)
+            if obs.shape[1:] != self.shape:
+                raise ObservationError(
+                    f"observation of shape {obs.shape[1:]}, the space says {self.shape}")
+            return obs.astype(np.float32, copy=False).reshape(len(obs), -1)
+        encoded = [self._encode(part, _pick(batch, part.path)) for part in self.parts]
+        return encoded[0] if len(encoded) == 1 else np.concatenate(encoded, axis=1)
+
+    @staticmethod
+    def _encode(part: _ObsPart, values: Any) -> np.ndarray:
+        space, values = part.space, np.asarray(values)
+        name = part.path.lstrip(".") or "observation"
+        if isinstance(space, spaces.Discrete):
+            index = values.astype(np.int64).reshape(-1) - int(space.start)
+            if index.min(initial=0) < 0 or index.max(initial=0) >= space.n:
+                raise ObservationError(f"{name} = {values.tolist()} is outside {space}")
+            return _one_hot(index, int(space.n))
+        if isinstance(space, spaces.MultiDiscrete):
+            index = values.reshape(len(values), -1).astype(np.int64) - space.start.reshape(-1)
+            nvec = space.nvec.reshape(-1)
+            if index.shape[1] != len(nvec) or (index < 0).any() or (index >= nvec).any():
+                raise ObservationError(f"{name} = {values.tolist()} is outside {space}")
+            return np.concatenate([_one_hot(index[:, j], int(n)) for j, n in enumerate(nvec)],
+                                  axis=1)
+        flat = values.reshape(len(values), -1)
+        if flat.shape[1] != part.width:
+            raise ObservationError(
+                f"{name} has {flat.shape[1]} numbers per step, the space says {part.width}")
+        return flat.astype(np.float32)
+
+    def batch_of_one(self, obs: Any) -> Any | None:
+        """`obs` as a batch of one if it is a single observation of the space, else None."""
+        if self.plain_box:
+            return np.asarray(obs)[None] if np.shape(obs) == self.shape else None
+        if isinstance(self.space, spaces.Discrete):
+            return np.asarray(obs).reshape(1) if np.ndim(obs) == 0 else None
+        first = _pick(obs, self.parts[0].path)
+        if np.shape(first) != (self.parts[0].space.shape or ()):
+            return None
+        return _nest_map(self.space, obs, lambda x: np.asarray(x)[None])
+
+
+def _nest_map(space: spaces.Space, value: Any, fn) -> Any:
+    if isinstance(space, spaces.Dict):
+        return {k: _nest_map(sub, value[k], fn) for k, sub in space.spaces.items()}
+    if isinstance(space, spaces.Tuple):
+        return tuple(_nest_map(sub, v, fn) for sub, v in zip(space.spaces, value, strict=True))
+    return fn(value)
+
+
+@dataclass(frozen=True)
+class Head:
+    """One independent part of the action distribution.
+
+    kind: categorical (one index among `size`), gaussian (`size` real dimensions, with a
+    state-independent log std), or bernoulli (`size` binary dimensions). `params` are its
+    columns of the network's output (logits or means), `columns` its columns of a stored action,
+    `log_std` its entries of the log-std parameter, `mask` its entries of an action mask.
+    """
+
+    kind: str
+    size: int
+    params: slice
+    columns: slice
+    log_std: slice | None = None
+    mask: slice | None = None
+
+
+@dataclass(frozen=True)
+class _ActionPart:
+    space: spaces.Space
+    columns: slice
+
+
+class ActionSpec:
+    """The heads of an action space, and the conversion of stored actions into env actions."""
+
+    def __init__(self, space: spaces.Space) -> None:
+        self.space = space
+        self._parts: list[_ActionPart] = []
+        self.heads: list[Head] = []
+        params = columns = log_std = mask = 0
+        for path, sub in _leaves(space, ""):
+            first_column = columns
+            for kind, size, count in _action_heads(path, sub):
+                for _ in range(count):
+                    self.heads.append(Head(
+                        kind, size, slice(params, params + size),
+                        slice(columns, columns + (1 if kind == "categorical" else size)),
+                        slice(log_std, log_std + size) if kind == "gaussian" else None,
+                        slice(mask, mask + size) if kind == "categorical" else None))
+                    params += size
+                    columns += 1 if kind == "categorical" else size
+                    log_std += size if kind == "gaussian" else 0
+                    mask += size if kind == "categorical" else 0
+            self._parts.append(_ActionPart(sub, slice(first_column, columns)))
+        self.num_params, self.columns = params, columns
+        self.log_std_size, self.mask_size = log_std, mask
+        self.discrete = all(h.kind != "gaussian" for h in self.heads)
+        self.dtype = np.int64 if self.discrete else np.float32
+        # The common single-part spaces take short paths through the per-step conversion.
+        self.single = space if len(self._parts) == 1 and not isinstance(
+            space, spaces.Dict | spaces.Tuple) else None
+
+    def to_env(self, actions: np.ndarray) -> Any:
+        """(N, columns) stored actions -> a batch of env actions (Box actions clipped)."""
+        if isinstance(self.single, spaces.Discrete):
+            return actions[:, 0] + self.single.start if self.single.start else actions[:, 0]
+        if isinstance(self.single, spaces.Box):
+            return np.clip(actions.reshape(len(actions), *self.single.shape),
+                           self.single.low, self.single.high)
+        parts = [_to_env(part.space, actions[:, part.columns]) for part in self._parts]
+        return _assemble(self.space, iter(parts))
+
+    def one_env(self, batch: Any, index: int) -> Any:
+        """Env `index`'s action out of a batch from `to_env`."""
+        if self.single is not None:
+            return batch[index]
+        return _nest_map(self.space, batch, lambda x: x[index])
+
+
+def _action_heads(path: str, space: spaces.Space) -> list[tuple[str, int, int]]:
+    """(kind, size, how many such heads) for one part of an action space."""
+    if isinstance(space, spaces.Discrete):
+        return [("categorical", int(space.n), 1)]
+    if isinstance(space, spaces.Box) and np.issubdtype(space.dtype, np.floating):
+        return [("gaussian", int(np.prod(space.shape)), 1)]
+    if isinstance(space, spaces.MultiDiscrete):
+        return [("categorical", int(n), 1) for n in space.nvec.reshape(-1)]
+    if isinstance(space, spaces.MultiBinary):
+        return [("bernoulli", int(np.prod(space.shape)), 1)]
+    name = path.lstrip(".") or "action"
+    raise ConfigError(f"unsupported action space {type(space).__name__} ({name}: {space}): "
+                      f"ppo takes {ACTION_KINDS}")
+
+
+def _to_env(space: spaces.Space, columns: np.ndarray) -> np.ndarray:
+    n = len(columns)
+    if isinstance(space, spaces.Discrete):
+        return columns[:, 0].astype(np.int64) + space.start
+    if isinstance(space, spaces.Box):
+        return np.clip(columns.reshape(n, *space.shape), space.low, space.high).astype(space.dtype)
+    if isinstance(space, spaces.MultiDiscrete):
+        return (columns.astype(np.int64).reshape(n, *space.shape) + space.start).astype(space.dtype)
+    return columns.reshape(n, *space.shape).astype(space.dtype)  # MultiBinary
+
+
+def _assemble(space: spaces.Space, parts) -> Any:
+    if isinstance(space, spaces.Dict):
+        return {k: _assemble(sub, parts) for k, sub in space.spaces.items()}
+    if isinstance(space, spaces.Tuple):
+        return tuple(_assemble(sub, parts) for sub in space.spaces)
+    return next(parts)
+
+
+def describe(space: spaces.Space) -> Any:
+    """A JSON-able summary of a space, to check a checkpoint against an env."""
+    if isinstance(space, spaces.Dict):
+        return ["Dict", {k: describe(sub) for k, sub in space.spaces.items()}]
+    if isinstance(space, spaces.Tuple):
+        return ["Tuple", [describe(sub) for sub in space.spaces]]
+    if isinstance(space, spaces.Discrete):
+        return ["Discrete", int(space.n)]
+    if isinstance(space, spaces.MultiDiscrete):
+        return ["MultiDiscrete", space.nvec.tolist()]
+    return [type(space).__name__, list(space.shape or ())]
