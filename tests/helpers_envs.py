@@ -425,3 +425,44 @@ class MaskedMultiChoiceEnv(gym.Env):
     def optimal_action(self, obs=None) -> np.ndarray:
         """The best action now (the env's state; the observation does not show the mask)."""
         return np.array([np.flatnonzero(row)[0] for row in self.valid])
+
+
+class Misbehaving(gym.Env):
+    """Counts to `at` steps of the process, then misbehaves as `how` says: raise, a wrong
+    observation shape or dtype, a string reward, a non-bool flag, a 4-tuple; `reset` raises
+    from the reset after the first with how="reset"."""
+
+    metadata: dict = {"render_modes": []}
+
+    def __init__(self, how: str = "raise", at: int = 20):
+        self.how, self.at, self.count, self.resets = how, at, 0, 0
+        self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.resets += 1
+        if self.how == "reset" and self.resets > 1:
+            raise ValueError("no more levels")
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action):
+        self.count += 1
+        out = (np.zeros(2, np.float32), 1.0, self.count % 5 == 0, False, {})
+        if self.count < self.at:
+            return out
+        bad = {"raise": None, "shape": (np.zeros(3, np.float32), *out[1:]),
+               "dtype": (np.array(["a", "b"], object), *out[1:]),
+               "reward": (out[0], "1.0", *out[2:]), "flag": (*out[:2], "no", *out[3:]),
+               "tuple": out[:4], "reset": out}[self.how]
+        if bad is None:
+            raise RuntimeError("the simulator lost its license server")
+        return bad
+
+
+class HugeObservation(CounterEnv):
+    """A one-hot observation of 10^12 values: no network could take it."""
+
+    def __init__(self):
+        super().__init__(3)
+        self.observation_space = spaces.Discrete(10**12)

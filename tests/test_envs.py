@@ -74,7 +74,7 @@ def test_dead_async_worker_is_named():
     import time
 
     from ppo.agent import PPO
-    from ppo.rollout import EnvWorkerError
+    from ppo.envs import EnvWorkerError
 
     agent = PPO(Config(env_id="CartPole-v1", num_envs=2, vector="async", rollout_steps=16,
                        minibatch_size=8, tensorboard=False), verbose=False)

@@ -25,8 +25,9 @@ from helpers_envs import (
 from ppo.advantages import gae, prepare_batch
 from ppo.agent import PPO
 from ppo.config import Config, ConfigError
+from ppo.envs import EnvValueError
 from ppo.normalization import RunningMeanStd
-from ppo.rollout import EnvValueError, EpisodeStats
+from ppo.rollout import EpisodeStats
 
 L = 3  # episode length of the counter envs
 GAMMA = 0.9
@@ -281,7 +282,7 @@ def test_env_instance_allows_one_env():
 
 def test_non_finite_reward_is_named():
     agent = _agent(lambda: NaNRewardEnv(), steps=10, num_envs=2)
-    with pytest.raises(EnvValueError, match=r"env 0 returned a non-finite reward near global"):
+    with pytest.raises(EnvValueError, match=r"\(index 0\) returned a non-finite reward near global"):
         agent.collector.collect(10, 0)
 
 

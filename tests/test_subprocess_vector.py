@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 from helpers_envs import DictObsEnv, InfoMaskedChoiceEnv, MaskedChoiceEnv, terminating
-from ppo.envs import InProcessVectorEnv
+from ppo.envs import EnvWorkerError, InProcessVectorEnv
 from ppo.episode_replay import ReplayableEpisodes
-from ppo.rollout import EnvWorkerError
 from ppo.subprocess_vector import SubprocessVectorEnv
 
 

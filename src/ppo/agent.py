@@ -28,7 +28,7 @@ from ppo.advantages import prepare_batch
 from ppo.config import Config, ConfigError, check_memory
 from ppo.console import rounding_note
 from ppo.distributed import join_from_env
-from ppo.envs import EnvSource, make_env, make_vector_env
+from ppo.envs import EnvSource, close_quietly, make_env, make_vector_env
 from ppo.evaluation import Evaluator
 from ppo.learners import make_learner
 from ppo.metrics import MetricsLogger, tracking_sinks
@@ -77,11 +77,17 @@ class PPO:
         torch.manual_seed(cfg.seed)
         self.envs = make_vector_env(cfg, env)
         self._make_env = _single_env_maker(cfg, env)
-        self.encoder = ObsEncoder(self.envs.single_observation_space)
+        spec = getattr(self.envs, "spec", None)
+        self.env_name = cfg.env_id if env is None else (spec.id if spec else type(env).__name__)
+        try:
+            self.encoder = ObsEncoder(self.envs.single_observation_space)
+            self.action_spec = ActionSpec(self.envs.single_action_space)
+        except ConfigError as e:
+            close_quietly(self.envs)
+            raise ConfigError(f"env {self.env_name}: {e}") from None
         if self.encoder.dropped and self.verbose:
             print(f"note: observation parts {', '.join(self.encoder.dropped)} are text and are "
                   "not shown to the networks", file=sys.stderr)
-        self.action_spec = ActionSpec(self.envs.single_action_space)
         if features_extractor is None and network is None:
             try:  # before the networks and buffers are allocated
                 check_memory(cfg, self.encoder.width, self.action_spec.num_params)
@@ -107,7 +113,7 @@ class PPO:
         self.policy = make_policy(self.model, self.action_spec)
         self.collector = Collector(self.envs, self.policy, self.encoder, self.action_spec,
                                    self.action_rng, self.obs_normalizer, reward_scaler,
-                                   cfg.sde_sample_freq if cfg.use_sde else None)
+                                   cfg.sde_sample_freq if cfg.use_sde else None, self.env_name)
         self.global_step = 0
         self.update = 0
         self.best_eval_return = -math.inf
@@ -266,6 +272,10 @@ class PPO:
         the stream sampled actions draw from (default: the agent's own)."""
         one = self.encoder.batch_of_one(obs)
         x = self.encoder(obs if one is None else one)
+        if not len(x):
+            raise ValueError("predict: obs is an empty batch")
+        if not np.isfinite(x).all():
+            raise ValueError("predict: obs holds NaN or Inf")
         if self.obs_normalizer is not None:
             x = self.obs_normalizer(x)
         mask = None if action_masks is None else np.asarray(action_masks, bool).reshape(len(x), -1)
@@ -312,7 +322,7 @@ class PPO:
         return cls.load(run_dir, verbose=verbose, run_dir=str(run_dir), **overrides)
 
     def close(self) -> None:
-        self.envs.close()
+        close_quietly(self.envs)
         if self.replicas is not None:
             self.replicas.close()
 

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import tomllib
+import warnings
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
@@ -53,11 +54,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """The errors that report bad input or a failed run, as one line without a traceback."""
     from ppo.checkpoint import CheckpointError, RunDirError
     from ppo.distributed import DistributedError
+    from ppo.envs import EnvError
     from ppo.learners import NonFiniteError
-    from ppo.rollout import EnvValueError, EnvWorkerError
 
-    return (ConfigError, CheckpointError, RunDirError, EnvValueError, EnvWorkerError,
-            NonFiniteError, DistributedError)
+    return (ConfigError, CheckpointError, RunDirError, EnvError, NonFiniteError,
+            DistributedError)
 
 
 def _as_user_error(e: Exception, message: str | None = None) -> UserError:
@@ -275,6 +276,7 @@ class OneLineErrors(click.Group):
             with click.Context(self, info_name=kwargs.get("prog_name", "ppo")) as ctx:
                 click.echo(self.get_help(ctx))
             return 0
+        warnings.showwarning = _one_line_warning
         try:
             return super().main(args, *rest, standalone_mode=False, **kwargs)
         except click.ClickException as e:
@@ -295,6 +297,14 @@ def main() -> None:
 
 # Stop signals: what a terminal sends to the whole foreground process group.
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
+                      lineno: int, file: Any = None, line: str | None = None) -> None:
+    """A library's warning (Gymnasium's env checker, say) as one `warning:` line, without
+    the source location and the terminal colours."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(message).split()))
+    click.echo(f"warning: {text}", err=True)
 
 
 @main.command(cls=GroupedHelp)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import numbers
+import signal
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -92,6 +95,46 @@ def env_spec(env_id: str, origin: str | None = None) -> EnvSpec:
     return spec
 
 
+class EnvError(RuntimeError):
+    """An env misbehaved: it raised, or returned what Gymnasium's API does not allow."""
+
+
+class EnvValueError(EnvError):
+    """An env returned NaN or Inf."""
+
+
+class EnvWorkerError(EnvError):
+    """A subprocess env worker died."""
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+# Types a step's reward and flags may have, checked by type before the slower isinstance.
+_FLAGS = frozenset({bool, np.bool_})
+_REALS = frozenset({float, int, np.float64, np.float32, np.int64, np.int32})
+
+
+def _check_step(result: Any, index: int) -> None:
+    """Gymnasium's step contract, cheaply: 5 values, a real reward, boolean flags."""
+    if type(result) is not tuple or len(result) != 5:
+        got = f"{len(result)} values" if isinstance(result, tuple) else type(result).__name__
+        raise EnvError(f"(index {index}): step returned {got}, not Gymnasium's 5 (observation, "
+                       "reward, terminated, truncated, info)")
+    _, reward, terminated, truncated, _ = result
+    if type(reward) not in _REALS and not isinstance(reward, numbers.Real | np.number):
+        raise EnvError(f"(index {index}): step returned a reward of type "
+                       f"{type(reward).__name__} ({reward!r}), not a number")
+    for name, flag in (("terminated", terminated), ("truncated", truncated)):
+        if type(flag) not in _FLAGS:
+            raise EnvError(f"(index {index}): step returned {name} = {flag!r}, not a bool")
+
+
+def _check_reset(result: Any, index: int) -> tuple[Any, dict]:
+    if type(result) is not tuple or len(result) != 2 or not isinstance(result[1], dict):
+        raise EnvError(f"(index {index}): reset returned {type(result).__name__}, not "
+                       "Gymnasium's (observation, info)")
+    return result
+
+
 class InProcessVectorEnv(VectorEnv):
     """N envs stepped in turn in this process, each reset on the step its episode ends.
 
@@ -128,7 +171,7 @@ class InProcessVectorEnv(VectorEnv):
         seeds = [None if seed is None else seed + i for i in range(self.num_envs)]
         obs, info = [], {}
         for i, (env, s) in enumerate(zip(self.envs, seeds, strict=True)):
-            o, env_info = env.reset(seed=s, options=options)
+            o, env_info = _check_reset(_call(env.reset, i, "reset", seed=s, options=options), i)
             obs.append(o)
             if "action_mask" in env_info:
                 info = self._add_info(info, {"action_mask": env_info["action_mask"]}, i)
@@ -140,10 +183,15 @@ class InProcessVectorEnv(VectorEnv):
         if not self._plain_actions:
             actions = list(iterate(self.action_space, actions))
         for i, env in enumerate(self.envs):
-            o, reward, term, trunc, env_info = env.step(actions[i])
+            try:
+                result = env.step(actions[i])
+            except Exception as e:  # an env can raise anything: name it, in one line
+                raise EnvError(f"(index {i}) raised {type(e).__name__} in step: {e}") from None
+            _check_step(result, i)
+            o, reward, term, trunc, env_info = result
             if term or trunc:
                 info = self._add_info(info, {"final_obs": o, "final_info": env_info}, i)
-                o, env_info = env.reset()
+                o, env_info = _check_reset(_call(env.reset, i, "reset"), i)
             if env_info and "action_mask" in env_info:
                 info = self._add_info(info, {"action_mask": env_info["action_mask"]}, i)
             obs.append(o)
@@ -154,11 +202,32 @@ class InProcessVectorEnv(VectorEnv):
                 np.array(truncated, bool), info)
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
-        return tuple(env.get_wrapper_attr(name)(*args, **kwargs) for env in self.envs)
+        return tuple(_call(env.get_wrapper_attr(name), i, name, *args, **kwargs)
+                     for i, env in enumerate(self.envs))
 
     def close_extras(self, **kwargs) -> None:
         for env in self.envs:
             env.close()
+
+
+def _call(method: Callable[..., Any], index: int, name: str, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return method(*args, **kwargs)
+    except Exception as e:  # an env can raise anything: name it, in one line
+        raise EnvError(f"(index {index}) raised {type(e).__name__} in {name}: {e}") from None
+
+
+def close_quietly(envs: VectorEnv) -> None:
+    """Close envs whose workers may be dead or mid-call, without tracebacks or warnings;
+    worker processes that don't answer are killed (they don't take the stop signals)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            envs.close()
+        except Exception:
+            for process in getattr(envs, "processes", []):
+                if process.is_alive():
+                    process.kill()
 
 
 def make_vector_env(cfg: Config, source: EnvSource | None = None) -> VectorEnv:
@@ -199,7 +268,14 @@ def make_vector_env(cfg: Config, source: EnvSource | None = None) -> VectorEnv:
     env_fns = [partial(_make_replayable, fn, i) for i, fn in enumerate(env_fns)]
     try:
         if mode == "async":
-            envs = gym.vector.AsyncVectorEnv(env_fns, autoreset_mode=AutoresetMode.SAME_STEP)
+            # The workers inherit a blocked mask: Ctrl-C, SIGTERM or SIGHUP sent to the process
+            # group reach this process alone, which checkpoints, then closes them.
+            previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+            try:
+                envs = gym.vector.AsyncVectorEnv(env_fns,
+                                                 autoreset_mode=AutoresetMode.SAME_STEP)
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         else:
             envs = InProcessVectorEnv(env_fns)
     except ConfigError:

@@ -17,17 +17,12 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import concatenate, create_empty_array
 
+from ppo.envs import EnvError, EnvValueError, EnvWorkerError
 from ppo.normalization import ObsNormalizer, RewardScaler
 from ppo.policy import Policy
-from ppo.spaces import ActionSpec, ObsEncoder
+from ppo.spaces import ActionSpec, ObsEncoder, ObservationError
 
-
-class EnvValueError(RuntimeError):
-    """An env returned NaN or Inf: names the step and env index."""
-
-
-class EnvWorkerError(RuntimeError):
-    """A subprocess env worker died: names the env index."""
+LAST_CHECKPOINT = "the last checkpoint is intact, resume with --resume"
 
 
 @dataclass
@@ -124,10 +119,11 @@ class Collector:
         obs_normalizer: ObsNormalizer | None,
         reward_scaler: RewardScaler | None,
         sde_sample_freq: int | None = None,
+        name: str = "",
     ) -> None:
         """sde_sample_freq: with gSDE, steps between draws of the exploration matrices (-1:
-        once per rollout); None without gSDE."""
-        self.envs, self.policy, self.rng = envs, policy, rng
+        once per rollout); None without gSDE. `name`: how errors name the env (its id)."""
+        self.envs, self.policy, self.rng, self.name = envs, policy, rng, name
         self.sde_sample_freq = sde_sample_freq
         self.encoder, self.action_spec = encoder, action_spec
         self.obs_normalizer, self.reward_scaler = obs_normalizer, reward_scaler
@@ -151,7 +147,10 @@ class Collector:
         resume, self._resume = self._resume, None
         if resume is not None and replay and self._replay(*resume):
             return True
-        raw, info = self.envs.reset(seed=seed)
+        try:
+            raw, info = self.envs.reset(seed=seed)
+        except Exception as e:
+            raise self._failure(e, "at the first reset") from None
         self.envs.action_space.seed(seed)
         self.obs = self._observe(raw, update=True)
         self.pending_reset[:] = False
@@ -196,7 +195,10 @@ class Collector:
                 arrays.update({f"{prefix}.{k}": v for k, v in normalizer.stats.state().items()})
         meta: dict[str, Any] = {**self.episodes.state(), "collector": {}}
         replayable = self.replayable and self.obs is not None
-        snapshots = self.envs.call("snapshot") if replayable else [None]
+        try:
+            snapshots = self.envs.call("snapshot") if replayable else [None]
+        except Exception as e:
+            raise self._failure(e, "while checkpointing") from None
         if any(snap is None for snap in snapshots):
             return arrays, meta
         if self.mask is not None:
@@ -231,7 +233,10 @@ class Collector:
             return False
         snapshots = [{"env_seed": meta["env_seeds"][i], "episode": meta["episodes"][i],
                       "actions": arrays[f"actions.{i}"]} for i in range(n)]
-        raw = self._stack(self.envs.call("restore", snapshots))
+        try:
+            raw = self._stack(self.envs.call("restore", snapshots))
+        except Exception as e:
+            raise self._failure(e, "while restoring episodes") from None
         # The statistics already counted this observation before the checkpoint.
         obs = self._observe(raw, update=False)
         if not np.array_equal(obs, arrays["obs"]):
@@ -245,6 +250,28 @@ class Collector:
             self.reward_scaler.discounted_return[:] = arrays["discounted_return"]
         return True
 
+    def _failure(self, error: Exception, when: str) -> EnvError:
+        """One line naming the env, when, and what went wrong."""
+        if isinstance(error, BrokenPipeError | EOFError | ConnectionResetError):
+            processes = getattr(self.envs, "processes", [])
+            dead = [i for i, p in enumerate(processes) if not p.is_alive()]
+            which = f"env {dead[0]}'s worker process" if dead else "an env worker process"
+            return EnvWorkerError(f"{self.name}: {which} died ({type(error).__name__}) {when}; "
+                                  f"{LAST_CHECKPOINT}")
+        if isinstance(error, EnvWorkerError):
+            return EnvWorkerError(f"{self.name}: {error}")
+        what = str(error) if isinstance(error, EnvError | ObservationError) else (
+            f"raised {type(error).__name__}: {error}")
+        joint = " " if what.startswith("(") else ": "
+        return EnvError(f"env {self.name}{joint}{what} {when}; {LAST_CHECKPOINT}")
+
+    def _non_finite(self, name: str, values: np.ndarray, step: int) -> None:
+        """Name the first env whose row of `values` (one row per env) is not finite."""
+        rows = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+        env = int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
+        raise EnvValueError(f"env {self.name} (index {env}) returned a non-finite {name} near "
+                            f"global step {step}; {LAST_CHECKPOINT}")
+
     def take_timings(self) -> tuple[float, float]:
         """Seconds spent in env.step and in choosing actions since the last call."""
         timings = (self.time_env, self.time_act)
@@ -254,9 +281,12 @@ class Collector:
     def _observe(self, raw: Any, update: bool, step: int = -1) -> np.ndarray:
         """Encoded and normalized observations; with update, the normalization statistics
         take them in. Non-finite ones stop the run (near global step `step`)."""
-        obs = self.encoder(raw)
+        try:
+            obs = self.encoder(raw)
+        except ObservationError as e:
+            raise self._failure(e, f"near global step {step}") from None
         if not np.isfinite(obs).all():
-            _raise_non_finite("observation", obs, step)
+            self._non_finite("observation", obs, step)
         if self.obs_normalizer is None:
             return obs
         if update:
@@ -304,8 +334,8 @@ class Collector:
             tock = clock()
             try:
                 raw_obs, reward, term, trunc, info = self.envs.step(env_action)
-            except (BrokenPipeError, EOFError, ConnectionResetError) as e:
-                raise _dead_worker(self.envs, e) from None
+            except Exception as e:
+                raise self._failure(e, f"near global step {global_step + t * n}") from None
             self.time_act += tock - tick
             self.time_env += clock() - tock
             ended = term | trunc
@@ -335,7 +365,7 @@ class Collector:
                 self.pending_reset = ended
         if not np.isfinite(raw_rewards).all():
             t = int(np.flatnonzero(~np.isfinite(raw_rewards).all(1))[0])
-            _raise_non_finite("reward", raw_rewards[t], global_step + t * n)
+            self._non_finite("reward", raw_rewards[t], global_step + t * n)
         self.episodes.record(raw_rewards, valid, episode_end)
         self.episodes.record_info(finished_info)
         if final_obs:
@@ -367,16 +397,4 @@ def _numbers(info: dict[str, Any], envs: np.ndarray) -> list[dict[str, float]]:
     return found
 
 
-def _dead_worker(envs: VectorEnv, error: Exception) -> EnvWorkerError:
-    processes = getattr(envs, "processes", [])
-    dead = [i for i, p in enumerate(processes) if not p.is_alive()]
-    which = f"env {dead[0]}'s worker process" if dead else "an env worker process"
-    return EnvWorkerError(f"{which} died ({type(error).__name__}); the last checkpoint is "
-                          "intact, resume with --resume")
 
-
-def _raise_non_finite(name: str, values: np.ndarray, step: int) -> None:
-    """Name the first env whose row of `values` (one row per env) is not finite."""
-    rows = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
-    env = int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
-    raise EnvValueError(f"env {env} returned a non-finite {name} near global step {step}")

@@ -22,6 +22,8 @@ OBSERVATION_KINDS = "Box, Discrete, MultiDiscrete, MultiBinary, and Dict or Tupl
 ACTION_KINDS = "Discrete, float Box, MultiDiscrete, MultiBinary, and Dict or Tuple of these"
 # A uint8 Box at least this tall and wide, with 1 to 4 channels, is an image.
 MIN_IMAGE_SIZE = 32
+# Past this many numbers per observation, an MLP's first layer alone needs gigabytes.
+MAX_WIDTH = 2**24
 
 
 class ObservationError(ValueError):
@@ -110,6 +112,9 @@ class ObsEncoder:
             raise ConfigError("the observation space has no part ppo can use: "
                               f"ppo takes {OBSERVATION_KINDS}")
         self.width = sum(part.width for part in self.parts)
+        if self.width > MAX_WIDTH:
+            raise ConfigError(f"observations encode to {self.width:,} numbers each, more than "
+                              f"the {MAX_WIDTH:,} an MLP's first layer can take here")
         # Columns that observation normalization applies to (one-hot and binary parts: none).
         self.normalized_columns = np.concatenate(
             [np.full(part.width, part.normalize) for part in self.parts])
@@ -122,7 +127,9 @@ class ObsEncoder:
             if obs.shape[1:] != self.shape:
                 raise ObservationError(
                     f"observation of shape {obs.shape[1:]}, the space says {self.shape}")
-            return obs.astype(np.float32, copy=False).reshape(len(obs), -1)
+            if obs.dtype.kind not in "biuf":
+                raise ObservationError(f"observation of dtype {obs.dtype}, not numbers")
+            return obs.astype(np.float32, copy=False).reshape(len(obs), self.width)
         encoded = [self._encode(part, _pick(batch, part.path)) for part in self.parts]
         return encoded[0] if len(encoded) == 1 else np.concatenate(encoded, axis=1)
 
@@ -146,11 +153,17 @@ class ObsEncoder:
         if flat.shape[1] != part.width:
             raise ObservationError(
                 f"{name} has {flat.shape[1]} numbers per step, the space says {part.width}")
+        if flat.dtype.kind not in "biuf":
+            raise ObservationError(f"{name} of dtype {flat.dtype}, not numbers")
         return flat.astype(np.float32)
 
     def batch_of_one(self, obs: Any) -> Any | None:
-        """`obs` as a batch of one if it is a single observation of the space, else None."""
+        """`obs` as a batch of one if it is a single observation of the space, else None
+        (a batch, presumably: the encoder checks it)."""
         if self.plain_box:
+            if np.ndim(obs) < len(self.shape) + 1 and np.shape(obs) != self.shape:
+                raise ObservationError(
+                    f"observation of shape {np.shape(obs)}, the space says {self.shape}")
             return np.asarray(obs)[None] if np.shape(obs) == self.shape else None
         if isinstance(self.space, spaces.Discrete):
             return np.asarray(obs).reshape(1) if np.ndim(obs) == 0 else None

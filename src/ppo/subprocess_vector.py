@@ -39,6 +39,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import CloudpickleWrapper, batch_space
 
+from ppo.envs import EnvWorkerError
+
 # Messages are one kind byte, then for some kinds a 4-byte length and a pickle. They go over
 # plain pipes with os.read/os.write: a step costs one byte each way, ~3 us of CPU on either
 # side, a third of what multiprocessing.Connection's framing costs.
@@ -79,7 +81,6 @@ def _read(fd: int) -> tuple[bytes, Any]:
 
 
 def _dead_worker_error(first: int, last: int, exitcode: int | None) -> Exception:
-    from ppo.rollout import EnvWorkerError  # here: ppo.rollout imports torch, workers don't
 
     which = f"env {first}'s" if first == last else f"envs {first}-{last}'s"
     status = "still running" if exitcode is None else f"exit code {exitcode}"
