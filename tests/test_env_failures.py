@@ -4,9 +4,9 @@ what was wrong, and the last checkpoint stays intact."""
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers_envs import Misbehaving
 
 import ppo.cli
+from helpers_envs import Misbehaving
 from ppo.agent import PPO
 from ppo.checkpoint import latest_checkpoint, load_checkpoint
 from ppo.config import Config, ConfigError
