@@ -282,7 +282,8 @@ def test_env_instance_allows_one_env():
 
 def test_non_finite_reward_is_named():
     agent = _agent(lambda: NaNRewardEnv(), steps=10, num_envs=2)
-    with pytest.raises(EnvValueError, match=r"\(index 0\) returned a non-finite reward near global"):
+    with pytest.raises(EnvValueError,
+                       match=r"\(index 0\) returned a non-finite reward near global"):
         agent.collector.collect(10, 0)
 
 
