@@ -13,6 +13,7 @@ import torch
 
 from ppo.config import Config
 from ppo.learners.base import Learner, NonFiniteError, UpdateStats
+from ppo.learners.flat_adam import FlatAdam
 from ppo.networks import ActorCritic
 from ppo.numpy_network import supports
 
@@ -41,7 +42,7 @@ def make_learner(cfg: Config, model: ActorCritic, replicas: Replicas | None) -> 
         raise ConfigError("learner numpy takes MLP networks on the CPU; use learner torch")
     if cfg.algo == "trpo":
         return TRPO(model, cfg, numpy_critic=uses_numpy(cfg, model))
-    params = model.parameters()
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
-    backend = NumpyPPO if uses_numpy(cfg, model) else TorchPPO
-    return backend(model, optimizer, cfg, replicas)
+    if uses_numpy(cfg, model):
+        return NumpyPPO(model, FlatAdam(model.parameters(), cfg.lr, cfg.adam_eps), cfg, replicas)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+    return TorchPPO(model, optimizer, cfg, replicas)

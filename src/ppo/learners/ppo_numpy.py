@@ -2,9 +2,10 @@
 distributions.py in NumPy with their gradients, backpropagated through the MLP by
 numpy_network.py, and torch's Adam update on flat vectors.
 
-Parameters and Adam moments live in flat float32 vectors that the torch model and optimizer
-share (their tensors are views of them), so checkpoints, evaluation and the torch path all see
-the same numbers with no copying. tests/test_learners.py pins the step to TorchPPO's.
+Parameters and Adam moments live in flat float32 vectors that the torch model and the
+optimizer state (flat_adam.py) share (their tensors are views of them), so checkpoints,
+evaluation and the torch path all see the same numbers with no copying.
+tests/test_learners.py pins the step to TorchPPO's.
 """
 
 from __future__ import annotations

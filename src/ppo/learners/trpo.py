@@ -22,6 +22,7 @@ from ppo.advantages import Batch
 from ppo.config import Config
 from ppo.learners import ppo_torch
 from ppo.learners.base import Learner, StepStats, UpdateStats
+from ppo.learners.flat_adam import FlatAdam
 from ppo.learners.ppo_numpy import NumpyPPO
 from ppo.learners.ppo_torch import TorchPPO
 from ppo.networks import ActorCritic
@@ -120,7 +121,9 @@ class TRPO(Learner):
     minibatches of the value loss with Adam (which holds the critic's parameters only)."""
 
     def __init__(self, model: ActorCritic, cfg: Config, numpy_critic: bool) -> None:
-        optimizer = torch.optim.Adam(model.critic_parameters(), lr=cfg.lr, eps=cfg.adam_eps)
+        optimizer = (FlatAdam(model.critic_parameters(), cfg.lr, cfg.adam_eps) if numpy_critic
+                     else torch.optim.Adam(model.critic_parameters(), lr=cfg.lr,
+                                           eps=cfg.adam_eps))
         super().__init__(model, optimizer, cfg)
         self.actor_params = model.actor_parameters()
         # On the CPU the critic's many small Adam steps take PPO's NumPy fast path, so that
