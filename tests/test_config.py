@@ -1,4 +1,4 @@
-"""Config: the seed's defaults, validation naming the bad value, TOML round trips."""
+"""Config: the standard defaults, validation naming the bad value, TOML round trips."""
 
 import dataclasses
 

@@ -133,7 +133,7 @@ def test_console_line_has_the_seed_shape():
 
 def test_health_check_warns_once_per_stretch():
     health = HealthCheck(patience=3)
-    kl_pattern = [0.05] * 6 + [0.01] * 2 + [0.05] * 4  # two stretches of high KL
+    kl_pattern = [0.5] * 6 + [0.01] * 2 + [0.5] * 4  # two stretches of very large steps
     warnings = [health.check(_row(u, kl=kl)) for u, kl in enumerate(kl_pattern, 1)]
     flagged = [u for u, w in enumerate(warnings, 1) if w]
     assert flagged == [3, 11]
@@ -141,36 +141,28 @@ def test_health_check_warns_once_per_stretch():
     assert warnings[2][0].startswith("warning: update 3:")
 
 
-def test_health_check_clip_fraction_band():
-    health = HealthCheck(patience=2)
-    out = [health.check(_row(u, clipfrac=c)) for u, c in
-           enumerate([0.05, 0.02, 0.01, 0.2, 0.5, 0.6, 0.7, 0.3, 0.1], 1)]
-    assert [u for u, w in enumerate(out, 1) if w] == [2, 6]
-    assert "idle" in out[1][0] and "pinned" in out[5][0]
-    # Both signs at once give two warnings on the same update, still once each.
-    health = HealthCheck(patience=1)
-    assert len(health.check(_row(kl=0.1, clipfrac=0.5))) == 2
-    assert health.check(_row(kl=0.1, clipfrac=0.5)) == []
-
-
-def test_health_check_without_a_clip_watches_kl_only():
-    health = HealthCheck(patience=1, clipfrac=False)  # TRPO: no clip to be idle or pinned
-    assert health.check(_row(clipfrac=0.0)) == []
-    assert ["approx KL" in w for w in health.check(_row(kl=0.1, clipfrac=0.9))] == [True]
+def test_health_check_is_quiet_on_what_healthy_runs_show():
+    """Clip fractions from 0 to 0.85 and isolated KL spikes are measured on runs that learn
+    well: no warning."""
+    health = HealthCheck()
+    rows = [_row(u, kl=kl, clipfrac=c) for u, (kl, c) in enumerate(
+        [(0.002, 0.0), (0.05, 0.85), (0.2, 0.5), (0.35, 0.6), (0.01, 0.02), (0.4, 0.1),
+         (0.4, 0.2), (0.001, 0.3)], 1)]
+    assert [w for row in rows for w in health.check(row)] == []
 
 
 def test_console_output_is_plain_lines_with_single_warnings(capsys):
     logger = MetricsLogger(None, verbose=True, tensorboard=False, total_updates=6,
                            first_update=1)
     for u in range(1, 7):
-        logger.log(_row(u, kl=0.1, clipfrac=0.5))
+        logger.log(_row(u, kl=0.5, clipfrac=0.5))
     logger.close()
     out = capsys.readouterr().out
     assert "\r" not in out  # piped: no progress bar
     lines = out.splitlines()
     assert sum(line.startswith("update ") for line in lines) == 6
     warnings = [line for line in lines if line.startswith("warning:")]
-    assert len(warnings) == 2  # KL and clip fraction, once each for the whole stretch
+    assert len(warnings) == 1  # once for the whole stretch
     assert all(re.match(r"^update \d{3} step \d+/12288 \(\d+%\) return=.* "
                         r"elapsed=\d:\d\d:\d\d eta=\d:\d\d:\d\d$", line)
                or line.startswith("warning:") for line in lines)
@@ -184,7 +176,9 @@ def test_quiet_run_prints_nothing(tmp_path, capsys):
     PPO(cfg, verbose=False).learn()
     assert capsys.readouterr().out == ""
     PPO(cfg, verbose=True).learn()
-    assert len(capsys.readouterr().out.splitlines()) == 2
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[:2]] == ["update", "update"]
+    assert lines[2].startswith("final return")  # then the end-of-run summary
 
 
 HEADER = ",".join(COLUMNS) + "\n"

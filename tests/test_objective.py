@@ -68,7 +68,7 @@ def test_value_loss_clipped_takes_per_sample_max():
     expected = (3.24 + 0.25 + 0.01) / 3
     got = objective.value_loss(values, old, returns, 0.2).item()
     assert got == pytest.approx(expected, abs=1e-6)
-    # ... not the seed's max of the two means (max(0.42, 1.11)):
+    # ... not a max of the two means (max(0.42, 1.11)):
     assert got != pytest.approx(max((1 + 0.25 + 0.01) / 3, (3.24 + 0.09 + 0.01) / 3), abs=1e-3)
 
 

@@ -178,7 +178,7 @@ def test_gradient_is_zero_exactly_where_the_clip_binds(ratio, advantage):
     if clipped:
         assert not dW.any() and not db.any()
     else:
-        # r * A * (onehot - softmax): the factor r is what the seed's layer 1 leaves out.
+        # r * A * (onehot - softmax): the factor r is what an ad hoc derivation leaves out.
         probs = np.exp(log_softmax(obs @ W + b))[0]
         expected_db = ratio * advantage * (np.eye(len(b))[actions[0]] - probs)
         np.testing.assert_allclose(db, expected_db, atol=1e-12)

@@ -207,7 +207,7 @@ class PPO:
             print(f"note: {note}", file=sys.stderr)
         total_updates = self.update + max(0, -(-(end_step - self.global_step) // steps_per_update))
         logger = MetricsLogger(self.run_dir, self.verbose, cfg.tensorboard,
-                               total_updates, self.update + 1, cfg.algo == "ppo",
+                               total_updates, self.update + 1,
                                tracking_sinks(cfg) if self.rank == 0 else [])
         evaluator = None if cfg.eval_every is None else Evaluator(
             self._make_env, cfg.eval_every, cfg.eval_episodes, cfg.eval_deterministic, cfg.seed)

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter
 
-from ppo.metrics import CLIPFRAC_BAND, KL_LIMIT, read_metrics
+from ppo.metrics import KL_WARNING, read_metrics
 from ppo.stats import performance_profile, stratified_bootstrap
 
 FORMATS = (".png", ".pdf", ".svg")
@@ -47,7 +47,7 @@ def clipped_objective_grad(r: np.ndarray, adv: float, eps: float) -> np.ndarray:
 def plot_objective(eps: float, out: Path) -> Path:
     """L^CLIP and its gradient against the ratio r, for A = +1 and A = -1.
 
-    Shows the seed's ratchet: beyond a hinge on the side the advantage pushes towards, the
+    Shows what the clip does: beyond a hinge on the side the advantage pushes towards, the
     objective is flat and the gradient is zero. The ratio axis spans [0, 2], widened to show
     the upper hinge when eps > 0.6. Any eps > 0 is accepted, as training accepts it: for
     eps >= 1 the lower hinge 1-eps <= 0 lies outside the ratio's range r > 0, so only the
@@ -140,25 +140,21 @@ def group_runs(run_dirs: Sequence[Path], labels: Sequence[str] | None = None
 def plot_runs(run_dirs: Sequence[Path], out: Path, labels: Sequence[str] | None = None,
               title: str = "Learning curves") -> Path:
     """Learning curves: return, approx KL and clip fraction against env steps, one colour
-    per configuration, mean over its runs with a min-max band. The seed's healthy ranges
-    (KL < 0.02, clip fraction 0.1-0.3) are shaded green."""
+    per configuration, mean over its runs with a min-max band; the approx KL above which the
+    health check warns is drawn as a line."""
     if not run_dirs:
         raise ValueError("no run directories to plot")
     curves = _group_curves(group_runs(run_dirs, labels), CURVE_COLUMNS[1:])
 
     fig = Figure(figsize=(9, 9), layout="constrained")
     ax_ret, ax_kl, ax_clip = fig.subplots(3, 1, sharex=True)
-    healthy = {
-        ax_kl: ax_kl.axhspan(0, KL_LIMIT, color="tab:green", alpha=0.12, lw=0,
-                             label=f"healthy: KL < {KL_LIMIT}"),
-        ax_clip: ax_clip.axhspan(*CLIPFRAC_BAND, color="tab:green", alpha=0.12, lw=0,
-                                 label=f"healthy: {CLIPFRAC_BAND[0]}-{CLIPFRAC_BAND[1]}"),
-    }
+    warning = ax_kl.axhline(KL_WARNING, color="tab:red", ls=":", lw=1.2,
+                            label=f"health check warns above {KL_WARNING}")
     for i, (label, (n, grid, stats)) in enumerate(curves.items()):
         color = f"C{i % 10}"
         for ax, column in zip((ax_ret, ax_kl, ax_clip), CURVE_COLUMNS[1:], strict=True):
             _draw_band(ax, grid, stats[column], color, f"{label} (n={n})")
-    # Symlog keeps KL = 0 visible (the recomputed-old-logprobs pitfall) and exploding KL readable.
+    # Symlog keeps KL = 0 visible (pi_old from the current weights) and exploding KL readable.
     ax_kl.set_yscale("symlog", linthresh=1e-3)
     ax_kl.set_ylim(bottom=0)
     ax_clip.set_ylim(bottom=0)
@@ -168,8 +164,7 @@ def plot_runs(run_dirs: Sequence[Path], out: Path, labels: Sequence[str] | None 
     ax_clip.set_xlabel("environment steps")
     ax_clip.xaxis.set_major_formatter(EngFormatter())
     ax_ret.legend(fontsize=8, loc="best")
-    for ax, span in healthy.items():
-        ax.legend(handles=[span], fontsize=8, loc="best")
+    ax_kl.legend(handles=[warning], fontsize=8, loc="best")
     for ax in (ax_ret, ax_kl, ax_clip):
         ax.grid(alpha=0.3)
     fig.suptitle(f"{title} (mean over runs, band: min-max)")
@@ -178,8 +173,8 @@ def plot_runs(run_dirs: Sequence[Path], out: Path, labels: Sequence[str] | None 
 
 def plot_return_and_kl(groups: dict[str, list[Path]], out: Path) -> Path:
     """Return (left axis, solid) and approx KL (right axis, log, dashed) of each group on the
-    same axes, mean over runs with a min-max band: the seed's eps = 1.0 ablation, where the
-    collapse in return follows KL leaving the trust region."""
+    same axes, mean over runs with a min-max band: the clip-range ablations, where a collapse
+    in return follows the KL's growth."""
     if not any(groups.values()):
         raise ValueError("no run directories to plot")
     curves = _group_curves({k: v for k, v in groups.items() if v},
@@ -188,9 +183,10 @@ def plot_return_and_kl(groups: dict[str, list[Path]], out: Path) -> Path:
     fig = Figure(figsize=(10, 5.5), layout="constrained")
     ax_ret = fig.add_subplot()
     ax_kl = ax_ret.twinx()
-    ax_kl.axhline(KL_LIMIT, color="tab:green", ls=":", lw=1.5)
-    ax_kl.text(1.0, KL_LIMIT, f"KL {KL_LIMIT} ", transform=ax_kl.get_yaxis_transform(),
-               ha="right", va="bottom", color="tab:green", fontsize=8)
+    ax_kl.axhline(KL_WARNING, color="tab:red", ls=":", lw=1.2)
+    ax_kl.text(1.0, KL_WARNING, f"health check: KL {KL_WARNING} ",
+               transform=ax_kl.get_yaxis_transform(), ha="right", va="bottom",
+               color="tab:red", fontsize=8)
     handles = []
     for i, (label, (n, grid, stats)) in enumerate(curves.items()):
         color = f"C{i % 10}"

@@ -30,38 +30,29 @@ COLUMNS = (
     "learning_rate", "epochs_run", "nonfinite_steps", "sps",
     "time_env", "time_act", "time_advantages", "time_optimize", "time_total",
 )
-# The seed's healthy ranges: the ratchet misbehaves outside them.
-KL_LIMIT = 0.02
-CLIPFRAC_BAND = (0.1, 0.3)
+# Calibrated on measurements (README, "The health check"): every update of the zoo table's
+# runs that reach their targets stays below this approx KL but for isolated spikes, and the
+# ablation without clipping (K = 20, lr 1e-3) moves the policy by ~0.5 per update.
+KL_WARNING = 0.3
+PATIENCE = 3
 
 
 class HealthCheck:
-    """Warns once per stretch of trouble: a sign outside its range for `patience` updates."""
+    """Warns once per stretch of trouble: approx KL above KL_WARNING for `patience` updates
+    in a row. The clip fraction is no sign on its own: runs that learn well range from 0.02
+    to 0.85 (measured)."""
 
-    def __init__(self, patience: int = 3, clipfrac: bool = True) -> None:
-        self.patience = patience
-        self.streaks = {"kl": 0, "clipfrac": 0}
-        # TRPO has no clip: its clip fraction is for comparison, no sign of trouble.
-        self.clipfrac = clipfrac
+    def __init__(self, patience: int = PATIENCE) -> None:
+        self.patience, self.streak = patience, 0
 
     def check(self, row: dict[str, Any]) -> list[str]:
-        signs = {
-            "kl": (row["approx_kl"] > KL_LIMIT,
-                   f"approx KL has stayed above {KL_LIMIT} (now {row['approx_kl']:.3f}): "
-                   "steps leave the trust region; lower lr or epochs, or set --target-kl"),
-            "clipfrac": (not CLIPFRAC_BAND[0] <= row["clipfrac"] <= CLIPFRAC_BAND[1],
-                         f"clip fraction has stayed outside {CLIPFRAC_BAND[0]}-{CLIPFRAC_BAND[1]} "
-                         f"(now {row['clipfrac']:.3f}): the ratchet is "
-                         + ("idle" if row["clipfrac"] < CLIPFRAC_BAND[0] else "pinned")),
-        }
-        if not self.clipfrac:
-            del signs["clipfrac"]
-        warnings = []
-        for name, (bad, message) in signs.items():
-            self.streaks[name] = self.streaks[name] + 1 if bad else 0
-            if self.streaks[name] == self.patience:
-                warnings.append(f"warning: update {row['update']}: {message}")
-        return warnings
+        self.streak = self.streak + 1 if row["approx_kl"] > KL_WARNING else 0
+        if self.streak != self.patience:
+            return []
+        return [f"warning: update {row['update']}: approx KL has been above {KL_WARNING} for "
+                f"{self.patience} updates (now {row['approx_kl']:.2f}): each update moves the "
+                "policy far from the one that collected the data, which the clipped objective "
+                "should prevent; lower lr or epochs, or set --target-kl"]
 
 
 class Sink(Protocol):
@@ -192,10 +183,9 @@ class MetricsLogger:
     a line per update with progress and ETA, a progress bar on a terminal."""
 
     def __init__(self, run_dir: Path | None, verbose: bool, tensorboard: bool,
-                 total_updates: int, first_update: int, check_clipfrac: bool = True,
-                 sinks: Sequence[Sink] = ()) -> None:
+                 total_updates: int, first_update: int, sinks: Sequence[Sink] = ()) -> None:
         self.run_dir = None if run_dir is None else Path(run_dir)
-        self.verbose, self.health = verbose, HealthCheck(clipfrac=check_clipfrac)
+        self.verbose, self.health = verbose, HealthCheck()
         self.total_updates, self.first_update = total_updates, first_update
         self.started = time.monotonic()
         self.rows: list[dict[str, Any]] = []
