@@ -101,6 +101,15 @@ class Config:
         "loss or gradient (each one is skipped, not applied)."
     )
 
+    policy: str = _f(
+        "auto",
+        "Network kind: mlp (vector observations into MLPs), cnn (images through the Nature "
+        "CNN of Mnih et al. 2015, other parts alongside, then the MLPs), lstm (an LSTM over "
+        "the MLP or CNN features, its state carried through episodes) or auto (cnn for image "
+        "observations, else mlp).",
+        choices=("auto", "mlp", "cnn", "lstm"),
+    )
+    lstm_hidden_size: int = _f(128, "policy lstm: width of the LSTM's hidden state.")
     hidden_sizes: list[int] = _f(
         [64, 64], "Hidden layer widths of each MLP (none: the heads act on the features).")
     actor_hidden_sizes: list[int] | None = _f(
@@ -166,7 +175,7 @@ class Config:
         """Raise ConfigError naming the first bad value; return self for chaining."""
         positive_ints = ("total_timesteps", "num_envs", "threads", "rollout_steps",
                          "minibatch_size", "epochs", "checkpoint_every", "max_nonfinite_steps",
-                         "eval_episodes",
+                         "eval_episodes", "lstm_hidden_size",
                          "cg_iters", "line_search_steps")
         for name in positive_ints:
             if getattr(self, name) < 1:
@@ -211,7 +220,23 @@ class Config:
             raise ConfigError("learner numpy runs on the CPU only; use learner torch with cuda")
         if self.algo == "trpo":
             self._validate_trpo()
+        if self.policy == "lstm":
+            self._validate_recurrent()
         return self
+
+    def _validate_recurrent(self) -> None:
+        # Minibatches are whole env sequences, so that the LSTM sees each from its stored state.
+        if self.algo == "trpo":
+            raise ConfigError("policy lstm trains with algo ppo only, not trpo")
+        if self.minibatch_size % self.rollout_steps:
+            raise ConfigError(
+                f"policy lstm trains on whole env sequences: minibatch_size must be a multiple "
+                f"of rollout_steps ({self.rollout_steps}), got {self.minibatch_size}")
+        if self.advantages_per_epoch:
+            raise ConfigError("the ablation advantages_per_epoch takes feed-forward policies")
+        if self.vector == "native":
+            raise ConfigError("policy lstm needs envs reset on the step their episode ends: "
+                              "use vector sync or async, not native")
 
     def _validate_trpo(self) -> None:
         # The natural-gradient step moves the actor alone: a shared trunk would move the

@@ -2,6 +2,10 @@
 source of truth: checkpoints hold its weights, and the NumPy fast path (numpy_network.py)
 computes with views of the same memory where it supports the network.
 
+`policy` picks the kind: mlp (vectors into MLPs), cnn (images through the Nature CNN,
+encoders.py, other parts alongside, then the MLPs) or lstm (an LSTM over those features,
+recurrent.py); auto is cnn where the observation holds an image, else mlp.
+
 From Python a user can bring a feature extractor (`features_extractor(obs_width) -> Module`,
 its output feeding the MLPs) or a whole network (`network(obs_width, action_spec) -> Module`
 whose forward returns the distribution parameters and the value); see `build`.
@@ -17,7 +21,8 @@ from torch import Tensor, nn
 
 from ppo import distributions
 from ppo.config import Config, ConfigError
-from ppo.spaces import ActionSpec
+from ppo.encoders import MultiInputEncoder, NatureCNN
+from ppo.spaces import ActionSpec, ObsEncoder, obs_tensor
 
 ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
@@ -34,13 +39,16 @@ def _layer(n_in: int, n_out: int, gain: float | None) -> nn.Linear:
 
 def mlp(n_in: int, sizes: list[int], activation: str, ortho_init: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for a, b in zip([n_in, *sizes[:-1]], sizes, strict=True):
+    for a, b in zip([n_in, *sizes], sizes, strict=False):  # no sizes: no layers
         layers += [_layer(a, b, math.sqrt(2.0) if ortho_init else None), ACTIVATIONS[activation]()]
     return nn.Sequential(*layers)
 
 
 def _width(module: nn.Module, obs_width: int) -> int:
-    """The output width of a module taking (N, obs_width) inputs, found by a dry run."""
+    """The output width of a module: its `features_dim`, or found by a dry run on
+    (1, obs_width) inputs."""
+    if hasattr(module, "features_dim"):
+        return int(module.features_dim)
     with torch.no_grad():
         return int(module(torch.zeros(1, obs_width)).shape[-1])
 
@@ -137,17 +145,55 @@ FeaturesExtractor = Callable[[int], nn.Module]
 Network = Callable[[int, ActionSpec], nn.Module]
 
 
-def build(obs_width: int, action_spec: ActionSpec, cfg: Config,
+def policy_kind(policy: str, obs: ObsEncoder) -> str:
+    """mlp, cnn or lstm: `policy` as asked, auto resolved from the observation space;
+    ConfigError for a policy that does not fit the observations."""
+    if policy == "auto":
+        return "cnn" if obs.images else "mlp"
+    if policy == "cnn" and not obs.images:
+        raise ConfigError("--policy cnn needs image observations (uint8 Box of at least "
+                          f"{NatureCNN.min_size()}x{NatureCNN.min_size()} pixels); this "
+                          "env's are vectors: use --policy mlp")
+    if policy == "mlp" and obs.images:
+        raise ConfigError(f"observation {', '.join(obs.images)} is an image: use --policy cnn "
+                          "(or auto, or lstm)")
+    return policy
+
+
+def image_encoder(obs: ObsEncoder, cfg: Config) -> nn.Module | None:
+    """The Nature CNN for an image batch, one per image beside the vector parts for a dict
+    batch; None without images."""
+    if not obs.images:
+        return None
+    shapes = obs.image_shapes()
+    if not obs.mixed:
+        (key, shape), = shapes.items()
+        return NatureCNN(shape, cfg.ortho_init, key)
+    return MultiInputEncoder(shapes, obs.width, cfg.ortho_init)
+
+
+def build(obs: ObsEncoder, action_spec: ActionSpec, cfg: Config,
           features_extractor: FeaturesExtractor | None = None,
           network: Network | None = None) -> ActorCritic:
-    """The network the config describes, around a user's feature extractor or in place of
-    a user's whole network; checks that a user's network's outputs fit the action space."""
+    """The network the config describes (its `policy` kind), around a user's feature
+    extractor or in place of a user's whole network; checks that a user's network's
+    outputs fit the action space."""
+    obs_width = obs.width
+    if network is None and features_extractor is None:
+        kind = policy_kind(cfg.policy, obs)
+        if kind == "lstm":
+            from ppo.recurrent import RecurrentActorCritic
+
+            return RecurrentActorCritic(obs_width, action_spec, cfg, image_encoder(obs, cfg))
+        return ActorCritic(obs_width, action_spec, cfg, image_encoder(obs, cfg))
+    if cfg.policy == "lstm":
+        raise ConfigError("policy lstm builds its own network; a user's feature extractor or "
+                          "network is feed-forward")
     if network is None:
-        encoder = None if features_extractor is None else features_extractor(obs_width)
-        return ActorCritic(obs_width, action_spec, cfg, encoder)
+        return ActorCritic(obs_width, action_spec, cfg, features_extractor(obs_width))
     model = CustomActorCritic(network(obs_width, action_spec), action_spec, cfg)
     with torch.no_grad():
-        params, value = model(torch.zeros(2, obs_width))
+        params, value = model(obs_tensor(obs.zeros(2), "cpu"))
     if params.shape != (2, action_spec.num_params) or value.shape != (2,):
         raise ConfigError(
             f"the network's forward must return (params of shape (N, "

@@ -32,7 +32,7 @@ def uses_numpy(cfg: Config, model: ActorCritic) -> bool:
 
 def make_learner(cfg: Config, model: ActorCritic, replicas: Replicas | None) -> Learner:
     from ppo.learners.ppo_numpy import NumpyPPO
-    from ppo.learners.ppo_torch import TorchPPO
+    from ppo.learners.ppo_torch import RecurrentPPO, TorchPPO
     from ppo.learners.trpo import TRPO
 
     if cfg.learner == "numpy" and not uses_numpy(cfg, model):
@@ -43,5 +43,6 @@ def make_learner(cfg: Config, model: ActorCritic, replicas: Replicas | None) -> 
         return TRPO(model, cfg, numpy_critic=uses_numpy(cfg, model))
     params = model.parameters()
     optimizer = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
-    backend = NumpyPPO if uses_numpy(cfg, model) else TorchPPO
+    backend = NumpyPPO if uses_numpy(cfg, model) else (
+        RecurrentPPO if hasattr(model, "initial_state") else TorchPPO)
     return backend(model, optimizer, cfg, replicas)
