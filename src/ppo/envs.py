@@ -69,10 +69,22 @@ def env_spec(env_id: str) -> EnvSpec:
         if name in gym.registry:
             return gym.spec(name)
         return EnvSpec(id=name, entry_point=env_id)
+    if env_id.startswith("ALE/"):
+        _register_atari(env_id)
     try:
         return gym.spec(env_id)
     except gym.error.Error as e:
         raise ConfigError(f"unknown env id {env_id!r}: {e}") from None
+
+
+def _register_atari(env_id: str) -> None:
+    """Gymnasium 1.x finds ALE/ ids only once ale_py is imported (it registers them)."""
+    try:
+        import ale_py
+    except ImportError:
+        raise ConfigError(f"{env_id} is an Atari game, which needs ale-py: install the Atari "
+                          'extra, pip install -e ".[atari]" (or pip install ale-py)') from None
+    gym.register_envs(ale_py)
 
 
 class InProcessVectorEnv(VectorEnv):

@@ -182,7 +182,7 @@ class Collector:
         self.obs: Obs | None = None
         self.pending_reset = np.zeros(self.num_envs, bool)
         # A recurrent policy's state, and which envs' current observation starts an episode.
-        self.state: Any = None
+        self.hidden: Any = None
         self.starts = np.ones(self.num_envs, bool)
         self.time_env = self.time_act = 0.0
         self._resume: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
@@ -211,7 +211,7 @@ class Collector:
 
     def _fresh_state(self) -> None:
         if self.policy.recurrent:
-            self.state = self.policy.initial_state(self.num_envs)
+            self.hidden = self.policy.initial_state(self.num_envs)
             self.starts = np.ones(self.num_envs, bool)
 
     def _reports_episodes(self) -> bool:
@@ -265,8 +265,8 @@ class Collector:
         if self.mask is not None:
             arrays["collector.mask"] = self.mask
         if self.policy.recurrent:
-            arrays.update({"collector.lstm_h": self.state.h.cpu().numpy(),
-                           "collector.lstm_c": self.state.c.cpu().numpy(),
+            arrays.update({"collector.lstm_h": self.hidden.h.cpu().numpy(),
+                           "collector.lstm_c": self.hidden.c.cpu().numpy(),
                            "collector.starts": self.starts})
         arrays.update({**obs_arrays("collector.obs", self.obs),
                        "collector.episode_returns": self.episodes.returns,
@@ -306,7 +306,7 @@ class Collector:
         self.obs = obs
         if self.policy.recurrent:
             state = self.policy.initial_state(n)
-            self.state = type(state)(*(torch.as_tensor(arrays[k], device=state.h.device)
+            self.hidden = type(state)(*(torch.as_tensor(arrays[k], device=state.h.device)
                                        for k in ("lstm_h", "lstm_c")))
             self.starts = arrays["starts"].copy()
         self._find_masks({}, arrays.get("mask"))
@@ -356,7 +356,7 @@ class Collector:
         masks = None if self.mask is None else np.empty((steps, *self.mask.shape), bool)
         logp = np.empty((steps, n), np.float32) if policy.records else None
         values = np.empty((steps, n), np.float32) if policy.records else None
-        sequences = Sequences(self.state, np.empty((steps, n), bool)) if policy.recurrent else None
+        sequences = Sequences(self.hidden, np.empty((steps, n), bool)) if policy.recurrent else None
         noise = policy.noise(self.rng, (steps, n))
         finished_info: list[dict[str, float]] = []
         reported: list[tuple[float, int]] = []
@@ -371,11 +371,11 @@ class Collector:
             if masks is not None:
                 masks[t] = self.mask
             if policy.records:
-                taken = policy.step(self.obs, noise[t], self.mask, self.state, self.starts)
+                taken = policy.step(self.obs, noise[t], self.mask, self.hidden, self.starts)
                 action, logp[t], values[t] = taken.actions, taken.logp, taken.values
                 if sequences is not None:
                     sequences.starts[t] = self.starts
-                    self.state = taken.state
+                    self.hidden = taken.state
             else:
                 action = policy.sample(self.obs, noise[t], self.mask)
             actions[t] = action
@@ -409,7 +409,7 @@ class Collector:
                                                    False, global_step + t * n))
                     if sequences is not None:  # V(final obs), from the state its env had
                         final_values.append(policy.values(
-                            final_obs[-1], self.state.take(idx), np.zeros(len(idx), bool)))
+                            final_obs[-1], self.hidden.take(idx), np.zeros(len(idx), bool)))
             # Observations steer the next action, so they are checked at once (in _observe);
             # rewards, once for the whole rollout below.
             self.obs = self._observe(raw_obs, True, global_step + t * n)
@@ -436,7 +436,7 @@ class Collector:
         successor_values = None
         if sequences is not None:
             successor_values = np.concatenate(
-                [policy.values(self.obs, self.state, self.starts), *final_values])
+                [policy.values(self.obs, self.hidden, self.starts), *final_values])
         return Rollout(obs_buf, actions, rewards, terminated, episode_end, valid,
                        obs_copy(self.obs), steps_idx, successors, masks, logp, values,
                        successor_values, sequences)
