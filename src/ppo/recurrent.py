@@ -42,6 +42,11 @@ class Steps(NamedTuple):
 
 
 class RecurrentActorCritic(ActorCritic):
+    """With a shared trunk one LSTM feeds both heads (CleanRL's ppo_atari_lstm); without,
+    the critic has an LSTM of its own (Stable-Baselines3's RecurrentPPO default), so that
+    large value gradients do not swamp the policy's memory. The state holds both LSTMs'
+    states side by side."""
+
     def __init__(self, obs_width: int, action_spec: ActionSpec, cfg: Config,
                  encoder: nn.Module | None = None) -> None:
         super().__init__(cfg.lstm_hidden_size, action_spec, cfg)
@@ -49,40 +54,45 @@ class RecurrentActorCritic(ActorCritic):
         self.hidden_size = cfg.lstm_hidden_size
         in_width = obs_width if encoder is None else _width(encoder, obs_width)
         self.lstm = nn.LSTM(in_width, cfg.lstm_hidden_size)
+        self.critic_lstm = None if cfg.shared_trunk else nn.LSTM(in_width, cfg.lstm_hidden_size)
         if cfg.ortho_init:  # as CleanRL's ppo_atari_lstm
-            for name, param in self.lstm.named_parameters():
-                if "bias" in name:
-                    nn.init.zeros_(param)
-                else:
-                    nn.init.orthogonal_(param, 1.0)
+            for lstm in (self.lstm, self.critic_lstm):
+                for name, param in [] if lstm is None else lstm.named_parameters():
+                    if "bias" in name:
+                        nn.init.zeros_(param)
+                    else:
+                        nn.init.orthogonal_(param, 1.0)
 
     def initial_state(self, n: int) -> LSTMState:
         device = self.policy_head.weight.device
-        zeros = torch.zeros(1, n, self.hidden_size, device=device)
+        width = self.hidden_size * (1 if self.critic_lstm is None else 2)
+        zeros = torch.zeros(1, n, width, device=device)
         return LSTMState(zeros, zeros.clone())
 
-    def core(self, obs, state: LSTMState, starts: np.ndarray) -> tuple[Tensor, LSTMState]:
-        """The LSTM's outputs (T * B, hidden) over T steps of B envs, and its final state."""
+    def core(self, obs, state: LSTMState, starts: np.ndarray
+             ) -> tuple[Tensor, Tensor, LSTMState]:
+        """The actor's and the critic's LSTM outputs (T * B, hidden) over T steps of B envs,
+        and the final state."""
         x = self._features(obs)
         steps, n = starts.shape
         x = x.reshape(steps, n, -1)
         # Segments between the time steps where some env starts an episode.
         cuts = [0, *np.flatnonzero(starts[1:].any(1)) + 1, steps]
-        h, c = state
-        outputs = []
-        for first, end in zip(cuts[:-1], cuts[1:], strict=True):
-            if starts[first].any():
-                keep = torch.as_tensor(~starts[first], device=x.device).to(x.dtype)
-                keep = keep.view(1, n, 1)
-                h, c = h * keep, c * keep
-            out, (h, c) = self.lstm(x[first:end], (h, c))
-            outputs.append(out)
-        return torch.cat(outputs).reshape(steps * n, -1), LSTMState(h, c)
+        if self.critic_lstm is None:
+            out, final = _run(self.lstm, x, state, starts, cuts)
+            return out, out, final
+        size = self.hidden_size
+        actor, (h_a, c_a) = _run(self.lstm, x, LSTMState(state.h[..., :size],
+                                                           state.c[..., :size]), starts, cuts)
+        critic, (h_c, c_c) = _run(self.critic_lstm, x, LSTMState(state.h[..., size:],
+                                                                   state.c[..., size:]),
+                                  starts, cuts)
+        return actor, critic, LSTMState(torch.cat([h_a, h_c], -1), torch.cat([c_a, c_c], -1))
 
     def steps(self, obs, state: LSTMState, starts: np.ndarray) -> Steps:
-        hidden, state = self.core(obs, state, starts)
-        actor = self.actor(hidden)
-        value_hidden = actor if self.critic is None else self.critic(hidden)
+        actor_in, critic_in, state = self.core(obs, state, starts)
+        actor = self.actor(actor_in)
+        value_hidden = actor if self.critic is None else self.critic(critic_in)
         return Steps(self.policy_head(actor), self.value_head(value_hidden).squeeze(-1), state)
 
     def evaluate_steps(self, obs, actions: Tensor, masks: Tensor | None, state: LSTMState,
@@ -97,6 +107,22 @@ class RecurrentActorCritic(ActorCritic):
         raise TypeError("a recurrent network needs its state: use steps(obs, state, starts)")
 
     policy = value = forward
+
+
+def _run(lstm: nn.LSTM, x: Tensor, state: LSTMState, starts: np.ndarray, cuts: list[int]
+         ) -> tuple[Tensor, LSTMState]:
+    """`lstm` over the (T, B, F) inputs segment by segment, zeroing the state of the envs
+    whose episode starts at a segment's first step; outputs (T * B, hidden)."""
+    steps, n = starts.shape
+    h, c = state
+    outputs = []
+    for first, end in zip(cuts[:-1], cuts[1:], strict=True):
+        if starts[first].any():
+            keep = torch.as_tensor(~starts[first], device=x.device).to(x.dtype).view(1, n, 1)
+            h, c = h * keep, c * keep
+        out, (h, c) = lstm(x[first:end], (h, c))
+        outputs.append(out)
+    return torch.cat(outputs).reshape(steps * n, -1), LSTMState(h, c)
 
 
 def recurrent_state(policy, state: tuple[np.ndarray, np.ndarray] | None, n: int) -> LSTMState:
