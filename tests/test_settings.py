@@ -21,7 +21,7 @@ TASKS = {  # issue 14's table, the race tasks, and the pixel and Dict-observatio
     "CartPole-v1", "Acrobot-v1", "MountainCar-v0", "MountainCarContinuous-v0", "Pendulum-v1",
     "LunarLander-v3", "LunarLanderContinuous-v3", "BipedalWalker-v3", "HalfCheetah-v5",
     "Hopper-v5", "Walker2d-v5", "Ant-v5", "Swimmer-v5", "Humanoid-v5", "ALE/Breakout-v5",
-    "CarRacing-v3", "MiniGrid-DoorKey-5x5-v0",
+    "CarRacing-v3", "minigrid:MiniGrid-DoorKey-5x5-v0", "ppo.wrappers:CartPoleNoVelocity-v1",
 }
 
 
@@ -38,7 +38,7 @@ def test_every_task_has_a_file():
 def test_settings_load_as_a_config_and_name_their_env(path):
     values, proposed = _load(path)
     config = from_dict(values)
-    assert path.stem == config.env_id.replace("/", "-")
+    assert path.stem == config.env_id.rpartition(":")[2].replace("/", "-")
     assert set(proposed) <= PROPOSED_KEYS
     if config.env_id in gym.registry:  # Atari and MiniGrid register on their own import
         gym.spec(config.env_id)

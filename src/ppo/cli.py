@@ -305,7 +305,7 @@ def plot(targets: tuple[str, ...], eps: float, out: Path | None) -> None:
 @main.command()
 @click.argument("name", type=click.Choice(
     ["lunarlander", "trunk", "eps-ablation", "eps-ablation-harsh", "pitfalls", "mujoco",
-     "ppo-vs-trpo"]))
+     "ppo-vs-trpo", "breakout", "carracing", "memory"]))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("experiments"),
               show_default=True, help="Folder for the runs, table and figures.")
 @click.option("--seeds", type=click.IntRange(min=1), help="Seeds per variant (default: the "

@@ -118,7 +118,8 @@ class Config:
     critic_hidden_sizes: list[int] | None = _f(
         None, "Hidden widths of the critic when the networks are separate (default: hidden_sizes)."
     )
-    activation: str = _f("tanh", "Hidden-layer activation.", choices=("tanh", "relu"))
+    activation: str = _f("tanh", "Hidden-layer activation (gelu: the torch learner only).",
+                         choices=("tanh", "relu", "gelu"))
     shared_trunk: bool = _f(
         True, "One trunk for policy and value; learns LunarLander faster than two networks "
         "(measured, README). --no-shared-trunk for separate actor and critic networks."

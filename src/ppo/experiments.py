@@ -15,7 +15,8 @@ import numpy as np
 
 from ppo.checkpoint import CHECKPOINT_NAME
 
-SOLVED = {"LunarLander-v3": 200.0, "CartPole-v1": 475.0, "Pendulum-v1": -300.0}
+SOLVED = {"LunarLander-v3": 200.0, "CartPole-v1": 475.0, "Pendulum-v1": -300.0,
+          "ppo.wrappers:CartPoleNoVelocity-v1": 475.0, "ALE/Breakout-v5": 15.0}
 MUJOCO = ["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "InvertedPendulum-v5", "Humanoid-v5"]
 
 
@@ -74,6 +75,21 @@ EXPERIMENTS = {
         "differs.",
         {"ppo": {"algo": "ppo"}, "trpo": {"algo": "trpo"}},
         steps=1_000_000, base={"preset": "mujoco"}, tasks=MUJOCO),
+    "breakout": Experiment(
+        "Atari Breakout with the standard pipeline and settings (preset atari: CleanRL's "
+        "ppo_atari, Huang et al. 2022), 1M steps (4M frames); the return is the game score "
+        "over all lives. Random play scores about 1.7 (Mnih et al. 2015).",
+        {"ppo": {}}, seeds=2, steps=1_000_000,
+        base={"preset": "atari", "env_id": "ALE/Breakout-v5"}),
+    "carracing": Experiment(
+        "CarRacing-v3 from pixels, continuous actions, with its shipped settings "
+        "(settings/CarRacing-v3.toml).",
+        {"ppo": {}}, seeds=1, steps=500_000, base={"env_id": "CarRacing-v3"}),
+    "memory": Experiment(
+        "CartPole without its velocities (ppo.wrappers:CartPoleNoVelocity-v1): an LSTM policy "
+        "against an MLP on the same observation and settings (the RL Zoo's for RecurrentPPO).",
+        {"lstm": {"policy": "lstm"}, "mlp": {"policy": "mlp"}}, seeds=3, steps=300_000,
+        base={"env_id": "ppo.wrappers:CartPoleNoVelocity-v1"}),
 }
 
 

@@ -24,7 +24,7 @@ from ppo.config import Config, ConfigError
 from ppo.encoders import MultiInputEncoder, NatureCNN
 from ppo.spaces import ActionSpec, ObsEncoder, obs_tensor
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
 
 
 def _layer(n_in: int, n_out: int, gain: float | None) -> nn.Linear:
