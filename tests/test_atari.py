@@ -132,3 +132,13 @@ def test_missing_atari_extra_is_named(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", no_ale)
     with pytest.raises(ConfigError, match=r'pip install -e "\.\[atari\]"'):
         env_spec("ALE/Breakout-v5")
+
+
+def test_evaluation_plays_whole_games():
+    from ppo.evaluation import run_episode
+
+    cfg = Config(env_id="CartPole-v1", num_envs=1, rollout_steps=16, minibatch_size=16,
+                 total_timesteps=16, tensorboard=False)
+    agent = PPO(cfg, env=atari_like, verbose=False)
+    assert run_episode(agent, atari_like(), deterministic=True, seed=0) == 24.0
+    agent.close()

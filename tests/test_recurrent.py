@@ -107,3 +107,21 @@ def test_predict_returns_the_state_and_resets_it_at_episode_start():
     _, restarted = agent.predict(obs, carried, episode_start=[True], deterministic=True)
     np.testing.assert_array_equal(restarted[0], state[0])
     agent.close()
+
+
+def test_evaluation_carries_the_state():
+    from ppo.evaluation import evaluate
+
+    agent = PPO(_config(), verbose=False)
+    calls = []
+    predict = agent.predict
+
+    def spy(obs, state=None, episode_start=None, **kwargs):
+        calls.append((state, episode_start))
+        return predict(obs, state, episode_start, **kwargs)
+
+    agent.predict = spy
+    evaluate(agent, episodes=1, deterministic=True, seed=0)
+    assert calls[0] == (None, [True])
+    assert all(state is not None and start == [False] for state, start in calls[1:])
+    agent.close()

@@ -110,6 +110,13 @@ class Config:
         choices=("auto", "mlp", "cnn", "lstm"),
     )
     lstm_hidden_size: int = _f(128, "policy lstm: width of the LSTM's hidden state.")
+    precision: str = _f(
+        "float32",
+        "Arithmetic of the image encoder (CNN): float32, or bfloat16 (autocast; weights, "
+        "Adam, the MLPs and the losses stay float32), ~1.8x faster on CPUs with AVX512-BF16 "
+        "or AMX and on recent GPUs.",
+        choices=("float32", "bfloat16"),
+    )
     hidden_sizes: list[int] = _f(
         [64, 64], "Hidden layer widths of each MLP (none: the heads act on the features).")
     actor_hidden_sizes: list[int] | None = _f(

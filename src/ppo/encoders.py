@@ -66,12 +66,15 @@ class NatureCNN(nn.Module):
         return size
 
     def forward(self, pixels: Tensor) -> Tensor:
-        x = pixels.float() / 255.0
+        x = pixels
         if not self.image.has_channels:
             x = x.unsqueeze(1)
         elif self.image.channels_last:
             x = x.permute(0, 3, 1, 2)
-        return self.net(x.contiguous(memory_format=torch.channels_last))
+        # Laid out channels-last while still a byte a pixel, then scaled in place: a fourth
+        # of the copying of converting the float tensor.
+        x = x.contiguous(memory_format=torch.channels_last).float()
+        return self.net(x.div_(255.0))
 
 
 class MultiInputEncoder(nn.Module):

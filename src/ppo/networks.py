@@ -65,6 +65,7 @@ class ActorCritic(nn.Module):
         self.action_spec = action_spec
         self.activation = cfg.activation
         self.encoder = encoder
+        self.bfloat16 = cfg.precision == "bfloat16"
         width = obs_width if encoder is None else _width(encoder, obs_width)
         def sizes(own: list[int] | None) -> list[int]:
             return cfg.hidden_sizes if own is None or cfg.shared_trunk else own
@@ -84,7 +85,13 @@ class ActorCritic(nn.Module):
                         if action_spec.log_std_size else None)
 
     def _features(self, obs: Tensor) -> Tensor:
-        return obs if self.encoder is None else self.encoder(obs)
+        if self.encoder is None:
+            return obs
+        if not self.bfloat16:
+            return self.encoder(obs)
+        device = self.policy_head.weight.device.type
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return self.encoder(obs).float()
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """Distribution parameters and value, for a batch of observations."""
