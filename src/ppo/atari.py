@@ -38,7 +38,10 @@ def _ale(env: gym.Env) -> Any:
 class EpisodicLife(gym.Wrapper):
     """A life lost ends the training episode (terminated); the game is reset only once it is
     over, otherwise the next episode continues it from the next life. Values then learn that
-    a lost life ends the reward stream (Mnih et al. 2015)."""
+    a lost life ends the reward stream (Mnih et al. 2015). Its episodes are parts of games,
+    which a resumed run cannot replay (episode_replay.py): the envs start fresh games."""
+
+    replays_episodes = False
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env)
