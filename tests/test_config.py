@@ -64,7 +64,6 @@ def test_batch_size_and_updates():
         ({"norm_adv": "sometimes"}, "norm_adv"),
         ({"vector": "threads"}, "vector"),
         ({"device": "tpu"}, "device"),
-        ({"hidden_sizes": []}, "hidden_sizes"),
         ({"hidden_sizes": [64, 0]}, "hidden_sizes"),
     ],
 )
