@@ -3,7 +3,9 @@
 Tasks and targets (the target is the task's Gymnasium `reward_threshold` where it has one):
 
   CartPole-v1     475     (Gymnasium's reward_threshold)
-  Pendulum-v1     -200    (Gymnasium registers no threshold; -200 is the customary one)
+  Pendulum-v1     -200    (Gymnasium registers no threshold; the old Gym wiki page on
+                           Pendulum-v0 calls an average return of -100 to -150 good, so
+                           -200 is a loose, informal bar)
   LunarLander-v3  200     (Gymnasium's reward_threshold)
   HalfCheetah-v5  1500    (a fixed bar; Gymnasium's threshold is 4800)
 

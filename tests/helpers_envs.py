@@ -6,6 +6,8 @@ Importable as `helpers_envs` (pytest puts tests/ on sys.path), so the CLI can na
 
 from __future__ import annotations
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
@@ -30,7 +32,7 @@ class CounterEnv(gym.Env):
         return np.array([0.0], np.float32), {}
 
     def step(self, action):
-        self.received.append(np.array(action, copy=True))
+        self.received.append(copy.deepcopy(action))
         self.t += 1
         terminated = self.terminate_at is not None and self.t >= self.terminate_at
         return np.array([float(self.t)], np.float32), 1.0, terminated, False, {}
@@ -52,9 +54,19 @@ class BoxActionEnv(CounterEnv):
 
 
 class DictObsEnv(CounterEnv):
+    """A CounterEnv whose observation is {"x": [steps taken]}."""
+
     def __init__(self):
         super().__init__(3)
-        self.observation_space = spaces.Dict({"x": spaces.Box(0.0, 1.0, (1,), np.float32)})
+        self.observation_space = spaces.Dict({"x": spaces.Box(0.0, np.inf, (1,), np.float32)})
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        return {"x": obs}, info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        return {"x": obs}, reward, terminated, truncated, info
 
 
 class MultiDiscreteActionEnv(CounterEnv):
@@ -288,21 +300,27 @@ class TupleActionContextEnv(_ContextTask):
 
 # ---------------------------------------------------------------------- action masking
 class _MaskedChoiceTask(gym.Env):
-    """Each step 2 of the 8 actions are valid, at random, and the observation shows which (the
-    mask as floats). The lower-numbered valid action earns 1, the other 0. An invalid action
-    earns -1 and ends the episode (`invalid="end"`) or only wastes the step
-    (`invalid="waste"`). 8 steps an episode: the optimal return is 8; a policy sampling
-    uniformly among the valid actions earns 4; uniformly among all actions, -0.83 with
-    `invalid="end"` (`random_return`: three quarters of the actions are invalid)."""
+    """Each step 2 of the 8 actions are valid, at random. The lower-numbered valid action earns
+    1, the other 0. An invalid action earns -1 and ends the episode (`invalid="end"`) or only
+    wastes the step (`invalid="waste"`). 8 steps an episode: the optimal return is 8; a policy
+    sampling uniformly among the valid actions earns 4; uniformly among all actions, -0.83
+    with `invalid="end"` (`random_return`: three quarters of the actions are invalid).
+
+    The observation is the fraction of the episode elapsed: it says nothing about which actions
+    are valid, so without the mask no policy does better than a guess, while with it the best
+    policy is simple (prefer lower-numbered actions). `show_mask=True` observes the mask
+    instead (as floats), which an unmasked policy can learn from.
+    """
 
     metadata: dict = {"render_modes": []}
     n_actions, n_valid, length = 8, 2, 8
 
-    def __init__(self, invalid: str = "end"):
+    def __init__(self, invalid: str = "end", show_mask: bool = False):
         if invalid not in ("end", "waste"):
             raise ValueError(f"invalid must be 'end' or 'waste', got {invalid!r}")
-        self.invalid = invalid
-        self.observation_space = spaces.Box(0.0, 1.0, (self.n_actions,), np.float32)
+        self.invalid, self.show_mask = invalid, show_mask
+        self.observation_space = spaces.Box(0.0, 1.0, (self.n_actions if show_mask else 1,),
+                                            np.float32)
         self.action_space = spaces.Discrete(self.n_actions)
         self.optimal_return = float(self.length)
         self.valid_random_return = self.length / 2
@@ -317,27 +335,32 @@ class _MaskedChoiceTask(gym.Env):
     def _info(self) -> dict:
         return {}
 
+    def _obs(self) -> np.ndarray:
+        if self.show_mask:
+            return self.valid.astype(np.float32)
+        return np.array([self.t / self.length], dtype=np.float32)
+
     def reset(self, *, seed=None, options=None):
         super().reset(seed=seed)
         self.t = 0
         self._draw()
-        return self.valid.astype(np.float32), self._info()
+        return self._obs(), self._info()
 
     def step(self, action):
         action = int(action)
         self.t += 1
         if self.valid[action]:
-            reward = 1.0 if action == self.optimal_action(self.valid) else 0.0
+            reward = 1.0 if action == self.optimal_action() else 0.0
             terminated = self.t >= self.length
         else:
             reward = -1.0
             terminated = self.invalid == "end" or self.t >= self.length
         self._draw()
-        return self.valid.astype(np.float32), reward, terminated, False, self._info()
+        return self._obs(), reward, terminated, False, self._info()
 
-    @staticmethod
-    def optimal_action(obs) -> int:
-        return int(np.flatnonzero(np.asarray(obs) > 0.5)[0])
+    def optimal_action(self, obs=None) -> int:
+        """The best action now (the env's state, whatever the observation shows)."""
+        return int(np.flatnonzero(self.valid)[0])
 
 
 class MaskedChoiceEnv(_MaskedChoiceTask):
@@ -361,13 +384,14 @@ class MaskedMultiChoiceEnv(gym.Env):
     `action_masks()` is the concatenation of both components' masks (sb3-contrib's convention
     for MultiDiscrete). Reward per step: per component, 1 for its lower valid action, 0 for
     the other valid one, -1 for an invalid one; any invalid component ends the episode.
-    Optimal return 2 * 8 = 16."""
+    Optimal return 2 * 8 = 16. As in MaskedChoiceEnv, the observation (the fraction of the
+    episode elapsed) does not show the mask."""
 
     metadata: dict = {"render_modes": []}
     n_actions, n_valid, length = 8, 2, 8
 
     def __init__(self):
-        self.observation_space = spaces.Box(0.0, 1.0, (2 * self.n_actions,), np.float32)
+        self.observation_space = spaces.Box(0.0, 1.0, (1,), np.float32)
         self.action_space = spaces.MultiDiscrete([self.n_actions, self.n_actions])
         self.optimal_return = 2.0 * self.length
 
@@ -383,7 +407,7 @@ class MaskedMultiChoiceEnv(gym.Env):
         super().reset(seed=seed)
         self.t = 0
         self._draw()
-        return self.valid.reshape(-1).astype(np.float32), {}
+        return np.array([0.0], dtype=np.float32), {}
 
     def step(self, action):
         self.t += 1
@@ -395,11 +419,12 @@ class MaskedMultiChoiceEnv(gym.Env):
                 reward += 1.0
         terminated = not ok or self.t >= self.length
         self._draw()
-        return self.valid.reshape(-1).astype(np.float32), reward, terminated, False, {}
+        obs = np.array([self.t / self.length], dtype=np.float32)
+        return obs, reward, terminated, False, {}
 
-    def optimal_action(self, obs) -> np.ndarray:
-        rows = np.asarray(obs).reshape(2, self.n_actions) > 0.5
-        return np.array([np.flatnonzero(row)[0] for row in rows])
+    def optimal_action(self, obs=None) -> np.ndarray:
+        """The best action now (the env's state; the observation does not show the mask)."""
+        return np.array([np.flatnonzero(row)[0] for row in self.valid])
 
 
 class ImageSideEnv(gym.Env):

@@ -8,8 +8,9 @@
   (player sum, usable ace, dealer's card) with the dealer's final-hand distribution computed
   exactly (`solve_blackjack`), under the registered rules (`sab=True`) or any other.
 
-An agent's policy (a function obs -> action) is valued exactly by `evaluate_tabular_policy` /
-`evaluate_blackjack_policy`, or for any env by sampled episodes with `evaluate_by_episodes`.
+An agent's policy (a function obs -> action) is valued exactly by `exact_policy_value` (which
+calls `evaluate_tabular_policy` or `evaluate_blackjack_policy`), or for any env by sampled
+episodes with `evaluate_by_episodes`.
 """
 
 from __future__ import annotations
@@ -75,8 +76,10 @@ def _backward(model: TabularModel, horizon: int | None,
         steps += 1
         if horizon is None and np.allclose(new, values, rtol=0.0, atol=1e-12):
             break
-        if horizon is None and steps > 100_000:
-            raise RuntimeError("values did not converge: give a horizon")
+        if horizon is None and steps > 10_000:
+            raise RuntimeError("values did not converge in 10,000 steps (a policy that never "
+                               "ends its episode has no finite value without a time limit): "
+                               "give a horizon")
         values = new
     return new, actions, steps
 
@@ -243,3 +246,11 @@ def optimal_value(env_id: str) -> float:
     if env_id == "Blackjack-v1":
         return solve_blackjack().value
     return solve_tabular(env_id).value
+
+
+def exact_policy_value(env_id: str, policy: Policy) -> float:
+    """A deterministic policy's exact expected return on a toy-text task, registered settings:
+    compare it with `optimal_value(env_id)` (e.g. `lambda obs: agent.predict(obs, True)[0]`)."""
+    if env_id == "Blackjack-v1":
+        return evaluate_blackjack_policy(policy)
+    return evaluate_tabular_policy(env_id, policy)

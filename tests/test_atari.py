@@ -120,16 +120,7 @@ def test_ale_ids_work_without_importing_ale_py():
 
 
 def test_missing_atari_extra_is_named(monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_ale(name, *args, **kwargs):
-        if name == "ale_py":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_ale)
+    monkeypatch.setattr("ppo.extras.installed", lambda extra: extra != "atari")
     with pytest.raises(ConfigError, match=r'pip install -e "\.\[atari\]"'):
         env_spec("ALE/Breakout-v5")
 

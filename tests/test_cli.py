@@ -16,11 +16,11 @@ from click.testing import CliRunner
 
 from ppo.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ppo.cli import main
-from ppo.config import Config, load_toml
+from ppo.config import GROUPS, Config, flag_name, load_toml
 
 TESTS = Path(__file__).parent
-SMALL = ["--env", "CartPole-v1", "--rollout-steps", "64", "--minibatch-size", "32",
-         "--no-tensorboard", "--quiet"]
+SMALL = ["--env", "CartPole-v1", "--defaults", "plain", "--rollout-steps", "64",
+         "--minibatch-size", "32", "--no-tensorboard", "--quiet"]
 
 
 def _invoke(*args):
@@ -60,14 +60,16 @@ def test_train_help_lists_every_flag_with_its_default():
     chunks = re.split(r"\n  (?=--)", result.output)
     by_flag = {chunk.split()[0]: " ".join(chunk.split()) for chunk in chunks[1:]}
     for f in dataclasses.fields(Config):
-        flag = "--env" if f.name == "env_id" else "--" + f.name.replace("_", "-")
+        flag = flag_name(f.name)
         assert flag in by_flag, flag
         if f.type == "bool":
             assert f"--no-{flag[2:]}" in by_flag[flag]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = ",".join(map(str, default)) if isinstance(default, list) else str(default)
+        if f.type in ("dict[str, Any]", "list[dict[str, Any]]"):  # repeatable flags
+            shown = "none"
         assert f"[default: {shown}]" in by_flag[flag], (flag, by_flag[flag])
-    # The seed's standard setup, spelled out.
+    # The standard PPO settings (Schulman et al. 2017), spelled out.
     for flag, shown in [("--clip-eps", "0.2"), ("--gamma", "0.99"), ("--gae-lambda", "0.95"),
                         ("--epochs", "4"), ("--lr", "0.0003"), ("--rollout-steps", "2048"),
                         ("--minibatch-size", "64"), ("--vf-coef", "0.5"),
@@ -75,8 +77,24 @@ def test_train_help_lists_every_flag_with_its_default():
                         ("--num-envs", "1"), ("--env", "LunarLander-v3")]:
         assert f"[default: {shown}]" in by_flag[flag]
     for flag in ("--config", "--resume", "--preset", "--target-kl", "--anneal-lr", "--seed",
-                 "--total-timesteps", "--device"):
+                 "--total-timesteps", "--device", "--seeds", "--jobs", "--track"):
         assert flag in by_flag
+
+
+def test_train_help_groups_the_flags():
+    """The command's own options, then a section per group of Config fields, in GROUPS
+    order; each flag under its field's group."""
+    output = _invoke("train", "--help").output
+    titles = re.findall(r"^(\w[\w ]*):$", output, flags=re.M)
+    assert titles == ["Options", *GROUPS]
+    sections = dict(zip(titles, re.split(r"^\w[\w ]*:$", output, flags=re.M)[1:], strict=True))
+    for f in dataclasses.fields(Config):
+        assert f.metadata["group"] in GROUPS, f.name
+        assert re.search(rf"^  {flag_name(f.name)}\b", sections[f.metadata["group"]], re.M), f.name
+    for flag in ("--config", "--preset", "--defaults", "--resume", "--seeds", "--jobs",
+                 "--quiet", "--nproc"):
+        assert re.search(rf"^  {flag}\b", sections["Options"], re.M), flag
+    assert "--clip-eps" in sections["PPO"] and "--max-kl" in sections["TRPO"]
 
 
 # ---------------------------------------------------------------- bad input
@@ -216,7 +234,7 @@ def test_config_file_with_flag_overrides(tmp_path):
                                      "gamma": 0.9, "tensorboard": False}))
     out = tmp_path / "run"
     result = _invoke("train", "--config", config, "--total-timesteps", 64, "--gamma", 0.95,
-                     "--run-dir", out, "--quiet")
+                     "--run-dir", out, "--quiet", "--defaults", "plain")
     assert result.exit_code == 0, result.output
     resolved = load_toml(out / "config.toml")
     assert resolved["rollout_steps"] == 32 and resolved["minibatch_size"] == 16  # from the file
@@ -250,16 +268,16 @@ def test_train_output_and_resume(run_copy):
     assert "resuming" in result.stderr and "update 2" in result.stderr
     lines = result.stdout.splitlines()
     assert [line.split()[1] for line in lines if line.startswith("update ")] == ["003", "004"]
-    assert re.match(r"^update 003 step 192 return=\S+ kl=\d\.\d{3} clipfrac=\d\.\d\d "
-                    r"loss_pi=[+-]\d\.\d{3} loss_v=\S+ entropy=\d\.\d{3} ev=\S+ sps=\d+$",
-                    lines[0])
+    assert re.match(r"^update 003 step 192/256 \(75%\) return=\S+ kl=\d\.\d{3} "
+                    r"clipfrac=\d\.\d\d loss_pi=[+-]\d\.\d{3} loss_v=\S+ entropy=\d\.\d{3} "
+                    r"ev=\S+ sps=\d+ elapsed=\d+:\d\d:\d\d eta=\d+:\d\d:\d\d$", lines[0])
     rows = (run_copy / "metrics.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3, 4]
 
 
 def test_eval_prints_mean_and_std(run_dir):
-    from ppo.evaluation import evaluate
     from ppo.agent import PPO
+    from ppo.evaluation import evaluate
 
     before = _snapshot(run_dir)
     result = _invoke("eval", run_dir, "--episodes", 3, "--deterministic")
@@ -301,3 +319,151 @@ def test_broken_preset_file_is_one_line_error(monkeypatch, tmp_path):
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert result.output.strip().startswith("error:") and "not valid TOML" in result.output
+
+
+# ---------------------------------------------------------------- many seeds
+class RecordedTrain:
+    """Stands in for the `ppo train` children of --seeds: records each command line and
+    writes a finished run."""
+
+    commands: list[list[str]] = []
+
+    def __init__(self, command, stdout, stderr, env):
+        from helpers_runs import write_run
+
+        RecordedTrain.commands.append(command)
+        seed = int(command[command.index("--seed") + 1])
+        write_run(Path(command[command.index("--run-dir") + 1]), [None, 100.0 * (seed + 1)],
+                  env_id="CartPole-v1", seed=seed, steps_per_update=64)
+
+    def wait(self):
+        return 0
+
+
+@pytest.fixture
+def recorded_train(monkeypatch):
+    import ppo.launcher
+
+    RecordedTrain.commands = []
+    monkeypatch.setattr(ppo.launcher.subprocess, "Popen", RecordedTrain)
+    return RecordedTrain.commands
+
+
+def test_seeds_run_as_children_with_this_command_line(tmp_path, recorded_train):
+    group = tmp_path / "group"
+    result = _invoke("train", "--seeds", "0-2,5", "--jobs", 2, "--env", "CartPole-v1",
+                     "--no-clip-value", "--hidden-sizes", "32,32", "--lr", "0.001",
+                     "--total-timesteps", 128, "--run-dir", group)
+    assert result.exit_code == 0, result.output
+    assert sorted(int(c[c.index("--seed") + 1]) for c in recorded_train) == [0, 1, 2, 5]
+    for command in recorded_train:
+        seed = command[command.index("--seed") + 1]
+        assert command[command.index("--run-dir") + 1] == str(group / f"seed{seed}")
+        assert command[command.index("--total-timesteps") + 1] == "128"
+        for flag in (["--env", "CartPole-v1"], ["--no-clip-value"], ["--hidden-sizes", "32,32"],
+                     ["--lr", "0.001"]):
+            assert " ".join(flag) in " ".join(command)
+        assert "--seeds" not in command and "--jobs" not in command
+    done = [line for line in result.stdout.splitlines() if ": done, final return " in line]
+    assert len(done) == 4  # one line per finished seed
+    assert "group directory: " in result.stderr and "4 of 4 seeds to train" in result.stderr
+    assert result.stdout.splitlines()[-1].startswith("final return over 4 seeds: IQM ")
+    assert load_toml(group / "group.toml")["hidden_sizes"] == [32, 32]
+    # The same command again: every seed is finished, nothing runs.
+    recorded_train.clear()
+    again = _invoke("train", "--seeds", "0-2,5", "--env", "CartPole-v1", "--no-clip-value",
+                    "--hidden-sizes", "32,32", "--lr", "0.001", "--total-timesteps", 128,
+                    "--run-dir", group)
+    assert again.exit_code == 0 and recorded_train == []
+    assert "0 of 4 seeds to train" in again.stderr
+
+
+BAD_SEEDS = [
+    (["--seeds", "5-1"], ["5-1", "empty"]),
+    (["--seeds", "x"], ["--seeds", "0-4"]),
+    (["--seeds", "-1"], ["--seeds"]),
+    (["--seeds", "0-2,2"], ["twice"]),
+    (["--seeds", "0-1", "--seed", "3"], ["--seed"]),
+    (["--seeds", "0-1", "--nproc", "2"], ["--nproc"]),
+    (["--seeds", "0-1", "--lr", "0"], ["lr"]),
+    (["--jobs", "2"], ["--jobs applies to --seeds"]),
+]
+
+
+@pytest.mark.parametrize(("flags", "needles"), BAD_SEEDS, ids=[" ".join(f) for f, _ in BAD_SEEDS])
+def test_bad_seeds_input(tmp_path, flags, needles, recorded_train):
+    group = tmp_path / "group"
+    _assert_user_error(_invoke("train", *SMALL, *flags, "--run-dir", group), *needles)
+    assert not group.exists() and recorded_train == []
+
+
+def test_a_group_keeps_its_settings(tmp_path, recorded_train):
+    group = tmp_path / "group"
+    assert _invoke("train", "--seeds", "0-1", "--env", "CartPole-v1", "--total-timesteps", 128,
+                   "--run-dir", group).exit_code == 0
+    before = _snapshot(group)
+    _assert_user_error(_invoke("train", "--seeds", "0-1", "--env", "CartPole-v1", "--lr", "0.01",
+                               "--run-dir", group), "other settings", "lr")
+    # Longer runs are the same settings: the seeds are resumed to the new length.
+    longer = _invoke("train", "--seeds", "0-1", "--env", "CartPole-v1", "--total-timesteps",
+                     1000, "--run-dir", group)
+    assert longer.exit_code == 0 and "2 of 2 seeds to train" in longer.stderr
+    not_a_group = tmp_path / "elsewhere"
+    not_a_group.mkdir()
+    (not_a_group / "notes.txt").write_text("mine")
+    _assert_user_error(_invoke("train", "--seeds", "0-1", "--run-dir", not_a_group),
+                       "no group of seeds")
+    assert _snapshot(group).keys() >= before.keys()
+
+
+def test_seeds_end_to_end(tmp_path):
+    """Real `ppo train` children: two seeds in parallel, then `ppo compare` on the group."""
+    group = tmp_path / "group"
+    result = _invoke("train", "--seeds", "0-1", "--jobs", 2, *SMALL, "--total-timesteps", 128,
+                     "--checkpoint-every", 1, "--run-dir", group)
+    assert result.exit_code == 0, result.output
+    for seed in (0, 1):
+        config = load_toml(group / f"seed{seed}" / "config.toml")
+        assert config["seed"] == seed and config["total_timesteps"] == 128
+        assert latest_checkpoint(group / f"seed{seed}").name == "update_000002.safetensors"
+        assert (group / f"seed{seed}.log").exists()
+    compared = _invoke("compare", group, "--out", tmp_path / "profiles.png")
+    assert compared.exit_code == 0, compared.output
+    assert f"| {group} | 2 | " in compared.stdout
+    assert (tmp_path / "profiles.png").stat().st_size > 0
+
+
+def test_compare_and_plot_report_iqm(tmp_path):
+    from helpers_runs import write_run
+    from ppo.stats import iqm_estimate
+
+    for seed in range(4):
+        write_run(tmp_path / "g" / f"seed{seed}", [None, 10.0 * seed], env_id="CartPole-v1",
+                  seed=seed)
+    compared = _invoke("compare", tmp_path / "g")
+    assert compared.exit_code == 0, compared.output
+    assert "| 4 | 15.0 [" in compared.stdout and (tmp_path / "g" / "profiles.png").exists()
+    plotted = _invoke("plot", tmp_path / "g", "--out", tmp_path / "curves.png")
+    assert plotted.exit_code == 0, plotted.output
+    assert plotted.stdout.splitlines() == [
+        f"CartPole-v1: final return over 4 runs: IQM {iqm_estimate([0, 10, 20, 30]).format()} "
+        "(95% bootstrap CI)",
+        str(tmp_path / "curves.png"), str(tmp_path / "curves-profiles.png")]
+    _assert_user_error(_invoke("compare", tmp_path / "nothing-here"), "nothing-here")
+
+
+# ---------------------------------------------------------------- extras
+def test_a_missing_extra_is_named_in_one_line(run_dir, tmp_path, monkeypatch):
+    import ppo.extras
+
+    for extra in ("video", "atari", "mujoco"):
+        monkeypatch.setitem(ppo.extras.EXTRAS, extra, ("no_such_module_for_ppo_tests",))
+    video = tmp_path / "episode.mp4"
+    _assert_user_error(_invoke("eval", run_dir, "--video", video),
+                       '--video needs the video extra: pip install -e ".[video]"')
+    assert not video.exists()
+    for env, extra in (("ALE/Pong-v5", "atari"), ("HalfCheetah-v5", "mujoco")):
+        fresh = tmp_path / extra
+        _assert_user_error(_invoke("train", "--env", env, "--run-dir", fresh),
+                           f'env {env} needs the {extra} extra: pip install -e ".[{extra}]"')
+        assert not fresh.exists()

@@ -5,7 +5,7 @@ import dataclasses
 import pytest
 import tomli_w
 
-from ppo.config import Config, ConfigError, from_dict, load_toml
+from ppo.config import GROUPS, Config, ConfigError, flag_name, from_dict, load_toml, to_flags
 
 
 def test_defaults_are_the_seed_standard_setup():
@@ -139,3 +139,37 @@ def test_load_toml_errors(tmp_path):
     bad.write_text("epochs = = 3\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_toml(bad)
+
+
+def test_every_field_is_in_a_help_group():
+    for f in dataclasses.fields(Config):
+        assert f.metadata["group"] in GROUPS, f.name
+
+
+def test_flags_of_config_values():
+    assert flag_name("env_id") == "--env" and flag_name("clip_eps") == "--clip-eps"
+    assert to_flags({"env_id": "CartPole-v1", "clip_value": False, "anneal_lr": True,
+                     "hidden_sizes": [32, 16], "lr": 1e-3, "target_kl": None}) == [
+        "--env", "CartPole-v1", "--no-clip-value", "--anneal-lr", "--hidden-sizes", "32,16",
+        "--lr", "0.001"]
+
+
+def test_flags_parse_back_to_the_same_config(monkeypatch):
+    """Every field of a config written as flags and read by `ppo train` gives it back."""
+    from click.testing import CliRunner
+
+    import ppo.agent
+    from ppo.cli import main
+
+    cfg = Config(env_id="CartPole-v1", hidden_sizes=[8], clip_value=False, target_kl=0.02,
+                 lr=1.5e-4, rollout_steps=32, minibatch_size=16, tensorboard=False,
+                 wandb_group="g", run_dir="unused")
+    seen = []
+
+    def capture(config, verbose):
+        seen.append(config)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(ppo.agent, "PPO", capture)
+    result = CliRunner().invoke(main, ["train", *to_flags(cfg.to_dict())])
+    assert result.exit_code == 0 and seen == [cfg]

@@ -18,13 +18,13 @@ import torch
 import torch.multiprocessing as mp
 from click.testing import CliRunner
 
+from ppo.agent import PPO
 from ppo.cli import main
 from ppo.config import Config
 from ppo.distributed import Moments, _interleave, join_from_env
 from ppo.metrics import COLUMNS
 from ppo.normalization import RunningMeanStd
 from ppo.rollout import EpisodeStats
-from ppo.agent import PPO
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 # The CartPole preset's shape at a smaller scale: 4 envs x 256 steps per rank.
@@ -207,8 +207,8 @@ def _ppo(*args, env=None, **kwargs):
                           capture_output=True, text=True, timeout=300, **kwargs)
 
 
-LINE = re.compile(r"^update \d{3} step \d+ return=\S+ kl=\S+ clipfrac=\S+ loss_pi=\S+ "
-                  r"loss_v=\S+ entropy=\S+ ev=\S+ sps=\d+$")
+LINE = re.compile(r"^update \d{3} step \d+/\d+ \(\d+%\) return=\S+ kl=\S+ clipfrac=\S+ "
+                  r"loss_pi=\S+ loss_v=\S+ entropy=\S+ ev=\S+ sps=\d+ elapsed=\S+ eta=\S+$")
 
 
 def _rows(run_dir):

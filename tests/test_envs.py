@@ -8,7 +8,7 @@ import pytest
 from gymnasium.vector import AutoresetMode
 
 from ppo.config import Config, ConfigError
-from ppo.envs import InProcessVectorEnv, encode_obs, make_vector_env
+from ppo.envs import InProcessVectorEnv, make_vector_env
 
 
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1", "LunarLander-v3"])
@@ -68,24 +68,18 @@ def test_bad_env_ids_are_config_errors(env_id, message):
         make_vector_env(Config(env_id=env_id))
 
 
-def test_discrete_observations_are_one_hot():
-    space = gym.spaces.Discrete(5, start=1)
-    np.testing.assert_array_equal(encode_obs(space, np.array([1, 5])),
-                                  np.eye(5, dtype=np.float32)[[0, 4]])
-
-
 def test_dead_async_worker_is_named():
     import os
     import signal
     import time
 
-    from ppo.rollout import EnvWorkerError
     from ppo.agent import PPO
+    from ppo.rollout import EnvWorkerError
 
     agent = PPO(Config(env_id="CartPole-v1", num_envs=2, vector="async", rollout_steps=16,
                        minibatch_size=8, tensorboard=False), verbose=False)
     try:
-        agent.collector.reset(0)
+        agent.collector.start(0)
         os.kill(agent.envs.processes[1].pid, signal.SIGKILL)
         time.sleep(0.3)
         with pytest.raises(EnvWorkerError, match="env 1's worker process died"):

@@ -170,3 +170,11 @@ def test_plot_runs_names_a_missing_column(runs, tmp_path):
 def test_plot_return_and_kl_writes_a_png(runs, tmp_path):
     path = plot_return_and_kl({"eps=0.2": runs[:2], "eps=1.0": runs[2:]}, tmp_path / "rk.png")
     assert _is_png(path)
+
+
+def test_plot_profiles_writes_a_panel_per_task(tmp_path):
+    scores = {"CartPole-v1": {"a": np.array([400.0, 480.0, 500.0]), "b": np.array([20.0])},
+              "Pendulum-v1": {"a": np.array([-200.0, -150.0]), "empty": np.array([])}}
+    assert _is_png(figures.plot_profiles(scores, tmp_path / "profiles.png"))
+    with pytest.raises(ValueError, match="no scores"):
+        figures.plot_profiles({"CartPole-v1": {"a": np.array([])}}, tmp_path / "none.png")

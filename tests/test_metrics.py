@@ -1,4 +1,5 @@
-"""Diagnostics: metrics.csv, TensorBoard, the console line and the health check."""
+"""Diagnostics: metrics.csv, TensorBoard, Weights & Biases (offline), the console line and
+the health check."""
 
 import csv
 import math
@@ -8,9 +9,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from ppo.config import Config
-from ppo.metrics import COLUMNS, HealthCheck, MetricsLogger, _truncate_after, console_line
 from ppo.agent import PPO
+from ppo.config import Config
+from ppo.console import console_line
+from ppo.metrics import COLUMNS, HealthCheck, MetricsLogger, _truncate_after
 
 REQUIRED = ["update", "global_step", "episodic_return", "episodic_length", "approx_kl",
             "clipfrac", "policy_loss", "value_loss", "entropy", "explained_variance",
@@ -161,8 +163,11 @@ def test_console_output_is_plain_lines_with_single_warnings(capsys):
     assert sum(line.startswith("update ") for line in lines) == 6
     warnings = [line for line in lines if line.startswith("warning:")]
     assert len(warnings) == 2  # KL and clip fraction, once each for the whole stretch
-    assert all(re.match(r"^update \d{3} step \d+ return=", line) or line.startswith("warning:")
-               for line in lines)
+    assert all(re.match(r"^update \d{3} step \d+/12288 \(\d+%\) return=.* "
+                        r"elapsed=\d:\d\d:\d\d eta=\d:\d\d:\d\d$", line)
+               or line.startswith("warning:") for line in lines)
+    assert lines[-1].startswith("update 006 step 12288/12288 (100%) ")
+    assert lines[-1].endswith(" eta=0:00:00")
 
 
 def test_quiet_run_prints_nothing(tmp_path, capsys):

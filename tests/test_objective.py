@@ -1,16 +1,11 @@
-"""The loss, part by part, against numbers worked out by hand."""
-
-import copy
+"""The loss, part by part, against numbers worked out by hand; each NumPy loss and its
+gradient against the torch formula and autograd."""
 
 import numpy as np
 import pytest
 import torch
 
 from ppo import objective
-from ppo.config import Config
-from ppo.learner import TorchLearner
-from ppo.numpy_learner import NumpyLearner
-from ppo.policy import ActorCritic
 
 EPS = 0.2
 RATIOS = [0.5, 0.9, 1.0, 1.1, 1.5]
@@ -131,112 +126,83 @@ def test_normalize():
     np.testing.assert_allclose(out.numpy(), ((adv - 4.0) / adv.std()).numpy(), rtol=1e-6)
 
 
-# ---------------------------------------------------------------- through the learners
-def _learner(kind, cfg, seed=0):
-    torch.manual_seed(seed)
-    model = ActorCritic(4, _discrete2(), [16, 16], shared_trunk=False)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
-    return (TorchLearner if kind == "torch" else NumpyLearner)(model, opt, cfg)
+# ---------------------------------------------------------------- NumPy, against autograd
+# Ratios on both sides of both hinges and exactly on them (1 - eps and 1 + eps).
+HINGE_RATIOS = [0.5, 1.0 - EPS, 0.9, 1.0, 1.1, 1.0 + EPS, 1.5]
 
 
-def _discrete2():
-    from gymnasium import spaces
-
-    return spaces.Discrete(2)
-
-
-def _load_fresh(learner, n=64, seed=0, adv_offset=3.0):
-    """A batch whose frozen log-probs are the current ones (ratio 1 everywhere)."""
-    rng = np.random.default_rng(seed)
-    obs = rng.normal(size=(n, 4)).astype(np.float32)
-    actions = rng.integers(0, 2, n)
-    logp, values = learner.evaluate(obs, actions)
-    learner.load_batch(obs, actions, logp, values)
-    advantages = (adv_offset + 2.0 * rng.normal(size=n)).astype(np.float32)
-    learner.set_advantages(advantages, (advantages + values).astype(np.float32))
-    return advantages
+@pytest.mark.parametrize("advantage", [1.5, -1.5], ids=["A>0", "A<0"])
+def test_numpy_clipped_surrogate_and_its_gradient(advantage):
+    """The NumPy gradient is in each sample's new log-probability: dL/dlogp = dL/dr * r."""
+    ratio = torch.tensor(HINGE_RATIOS, dtype=torch.float64, requires_grad=True)
+    adv = torch.full((len(HINGE_RATIOS),), advantage, dtype=torch.float64)
+    loss = objective.clipped_surrogate_loss(ratio, adv, EPS)
+    loss.backward()
+    ours = objective.clipped_surrogate_loss_np(ratio.detach().numpy(), adv.numpy(), EPS)
+    assert ours.loss == pytest.approx(loss.item(), abs=1e-15)
+    np.testing.assert_allclose(ours.grad, (ratio.grad * ratio).detach().numpy(), atol=1e-15)
+    # The clip binds beyond 1 + eps for A > 0 and below 1 - eps for A < 0, not on the hinge.
+    flat = [6] if advantage > 0 else [0]
+    assert (ours.grad[flat] == 0).all() and (np.delete(ours.grad, flat) != 0).all()
 
 
-@pytest.mark.parametrize("kind", ["torch", "numpy"])
-@pytest.mark.parametrize("norm_adv", ["batch", "minibatch", "off"])
-def test_minibatch_normalization_mode(kind, norm_adv):
-    """At ratio 1 the policy loss is -mean(A_mb): 0 when normalized per minibatch, the raw
-    mean otherwise (batch normalization happens in the trainer, before the learner)."""
-    learner = _learner(kind, Config(norm_adv=norm_adv, ent_coef=0.0))
-    advantages = _load_fresh(learner)
-    index = np.arange(16)
-    stats = learner.step(index)
-    expected = 0.0 if norm_adv == "minibatch" else -advantages[index].mean()
-    assert stats[2] == pytest.approx(expected, abs=1e-5)
-    assert stats[0] == pytest.approx(0.0, abs=1e-7)  # approx KL
-    assert stats[1] == 0.0  # clip fraction
+def test_numpy_clipped_surrogate_through_log_probs():
+    rng = np.random.default_rng(0)
+    logp_old = rng.normal(size=200)
+    logp = torch.tensor(logp_old + rng.normal(scale=0.3, size=200), requires_grad=True)
+    adv = torch.as_tensor(rng.normal(size=200))
+    ratio = torch.exp(logp - torch.as_tensor(logp_old))
+    objective.clipped_surrogate_loss(ratio, adv, EPS).backward()
+    ours = objective.clipped_surrogate_loss_np(ratio.detach().numpy(), adv.numpy(), EPS)
+    np.testing.assert_allclose(ours.grad, logp.grad.numpy(), rtol=1e-12, atol=1e-15)
+    assert 0.2 < (ours.grad == 0).mean() < 0.8  # both clipped and unclipped samples
 
 
-@pytest.mark.parametrize("kind", ["torch", "numpy"])
-def test_grad_norm_clipping_bounds_the_global_norm(kind):
-    def grads(max_grad_norm):
-        learner = _learner(kind, Config(max_grad_norm=max_grad_norm))
-        _load_fresh(learner, adv_offset=50.0)  # a large gradient
-        learner.step(np.arange(64))
-        if kind == "torch":
-            return np.concatenate([p.grad.reshape(-1).numpy() for p in learner.model.parameters()])
-        return learner.grad.copy()
-
-    raw = grads(0.0)  # 0 turns clipping off
-    raw_norm = np.linalg.norm(raw)
-    assert raw_norm > 1.0
-    clipped = grads(0.5)
-    assert np.linalg.norm(clipped) == pytest.approx(0.5, rel=1e-4)
-    np.testing.assert_allclose(clipped, raw * 0.5 / raw_norm, rtol=1e-3, atol=1e-7)
-    # Under the limit nothing changes.
-    np.testing.assert_allclose(grads(10 * raw_norm), raw, rtol=1e-6, atol=1e-9)
+# Values moved by less than, exactly, and more than the clip range from the old value, both
+# ways, with returns on either side (dyadic numbers: the hinges are exact in floating point).
+OLD = [0.0] * 8 + [1.0] * 4
+VALUES = [0.125, 0.25, 0.5, -0.5, 0.5, -0.25, -0.5, 0.5, 1.25, 0.75, 1.5, 0.5]
+RETURNS = [1.0, 1.0, 1.0, 1.0, -1.0, -1.0, -1.0, 0.25, 2.0, 2.0, 0.0, 0.0]
 
 
-@pytest.mark.parametrize("kind", ["torch", "numpy"])
-def test_entropy_bonus_raises_entropy(kind):
-    """With zero advantages and value loss off, the only push is the entropy bonus: entropy
-    must go up."""
-    learner = _learner(kind, Config(vf_coef=0.0, ent_coef=0.5, lr=1e-2, max_grad_norm=0.0))
+@pytest.mark.parametrize("clip_eps", [None, 0.25], ids=["plain", "clipped"])
+@pytest.mark.parametrize("weight", [1.0, 0.5])
+def test_numpy_value_loss_and_its_gradient(clip_eps, weight):
+    values = torch.tensor(VALUES, dtype=torch.float64, requires_grad=True)
+    old, returns = torch.tensor(OLD, dtype=torch.float64), torch.tensor(RETURNS,
+                                                                        dtype=torch.float64)
+    loss = objective.value_loss(values, old, returns, clip_eps)
+    (weight * loss).backward()
+    ours = objective.value_loss_np(values.detach().numpy(), old.numpy(), returns.numpy(),
+                                   clip_eps, weight)
+    assert ours.loss == pytest.approx(loss.item(), abs=1e-15)
+    np.testing.assert_allclose(ours.grad, values.grad.numpy(), atol=1e-15)
+    if clip_eps is not None:  # outside the range, moving away from the return: no gradient
+        assert (ours.grad == 0).sum() >= 2
+
+
+def test_numpy_value_loss_clip_matters():
+    args = (np.array(VALUES), np.array(OLD), np.array(RETURNS))
+    assert objective.value_loss_np(*args, 0.25).loss > objective.value_loss_np(*args, None).loss
+
+
+def test_numpy_entropy_bonus():
+    entropy = np.array([0.5, 1.0, 1.5], np.float32)
+    bonus = objective.entropy_bonus_np(entropy, 0.01)
+    assert bonus.loss == pytest.approx(-0.01)
+    assert bonus.grad == -0.01  # in the mean entropy
+
+
+def test_numpy_diagnostics_equal_torch():
     rng = np.random.default_rng(1)
-    obs = rng.normal(size=(64, 4)).astype(np.float32)
-    actions = rng.integers(0, 2, 64)
-    # Start from a peaked policy so there is entropy to gain.
-    with torch.no_grad():
-        learner.model.policy_head.bias.copy_(torch.tensor([3.0, -3.0]))
-    logp, values = learner.evaluate(obs, actions)
-    learner.load_batch(obs, actions, logp, values)
-    learner.set_advantages(np.zeros(64, np.float32), values)
-    before = learner.step(np.arange(64))[4]
-    for _ in range(20):
-        after = learner.step(np.arange(64))[4]
-    assert after > before + 0.05
-
-
-def test_learners_agree_on_a_step():
-    cfg = Config(norm_adv="minibatch")
-    a, b = _learner("torch", cfg), _learner("numpy", cfg)
-    b.model.load_state_dict(copy.deepcopy(a.model.state_dict()))
-    _load_fresh(a)
-    _load_fresh(b)
-    np.testing.assert_allclose(a.step(np.arange(32)), b.step(np.arange(32)), atol=1e-5)
-
-
-@pytest.mark.parametrize("kind", ["torch", "numpy"])
-@pytest.mark.parametrize("clip_value", [True, False])
-def test_value_clipping_switch_and_range(kind, clip_value):
-    cfg = Config(clip_value=clip_value, value_clip_eps=0.1)
-    learner = _learner(kind, cfg)
-    rng = np.random.default_rng(3)
-    obs = rng.normal(size=(64, 4)).astype(np.float32)
-    actions = rng.integers(0, 2, 64)
-    logp, values = learner.evaluate(obs, actions)
-    old_values = (values + rng.normal(scale=0.5, size=64)).astype(np.float32)
-    returns = (values + rng.normal(scale=2.0, size=64)).astype(np.float32)
-    learner.load_batch(obs, actions, logp, old_values)
-    learner.set_advantages(np.zeros(64, np.float32), returns)
-    stats = learner.step(np.arange(64))
-    unclipped = (values - returns) ** 2
-    clipped = (old_values + np.clip(values - old_values, -0.1, 0.1) - returns) ** 2
-    expected = np.maximum(unclipped, clipped).mean() if clip_value else unclipped.mean()
-    assert stats[3] == pytest.approx(expected, rel=1e-5)
-    assert np.maximum(unclipped, clipped).mean() > unclipped.mean() * 1.01  # switch matters
+    log_ratio = rng.normal(scale=0.3, size=500)
+    ratio = np.exp(log_ratio)
+    assert objective.approx_kl_np(log_ratio, ratio) == pytest.approx(
+        objective.approx_kl(torch.as_tensor(log_ratio)).item(), rel=1e-12)
+    assert objective.clip_fraction_np(ratio, EPS) == pytest.approx(
+        objective.clip_fraction(torch.as_tensor(ratio), EPS).item(), rel=1e-6)
+    assert objective.approx_kl_np(np.zeros(3), np.ones(3)) == 0.0
+    advantages = rng.normal(3.0, 2.0, size=64)
+    np.testing.assert_allclose(objective.normalize_np(advantages),
+                               objective.normalize(torch.as_tensor(advantages)).numpy(),
+                               rtol=1e-12)

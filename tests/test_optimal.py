@@ -15,6 +15,7 @@ from optimal import (
     evaluate_blackjack_policy,
     evaluate_by_episodes,
     evaluate_tabular_policy,
+    exact_policy_value,
     optimal_value,
     solve_blackjack,
     solve_tabular,
@@ -40,7 +41,7 @@ def test_frozenlake_optimal_success_within_the_time_limit():
 
 def test_frozenlake_value_matches_rollouts_of_the_policy():
     solution = solve_tabular("FrozenLake-v1")
-    estimate = evaluate_by_episodes("FrozenLake-v1", lambda s: int(solution.policy[s]), 4000,
+    estimate = evaluate_by_episodes("FrozenLake-v1", lambda s: int(solution.policy[s]), 3000,
                                     seed=3)
     _within(estimate, solution.policy_value)
 
@@ -98,6 +99,18 @@ def test_optimal_value_dispatches_by_task():
     assert optimal_value("Blackjack-v1") == pytest.approx(solve_blackjack().value)
 
 
+def test_exact_policy_value_of_the_optimal_policies_is_the_optimum():
+    taxi = solve_tabular("Taxi-v4")
+    assert exact_policy_value("Taxi-v4", lambda s: taxi.policy[s]) == pytest.approx(taxi.value)
+    blackjack = solve_blackjack()
+    assert exact_policy_value("Blackjack-v1", blackjack.act) == pytest.approx(blackjack.value)
+    # CliffWalking has no time limit: a policy that never arrives has no finite value...
+    with pytest.raises(RuntimeError, match="horizon"):
+        exact_policy_value("CliffWalking-v1", lambda s: 0)
+    # ...until one is given: always "up" from the start earns -1 a step.
+    assert evaluate_tabular_policy("CliffWalking-v1", lambda s: 0, horizon=50) == -50.0
+
+
 # ---------------------------------------------------------------------- Blackjack
 def test_dealer_outcomes_are_a_distribution_with_the_known_ace_figures():
     for showing in range(1, 11):
@@ -137,22 +150,22 @@ def test_blackjack_exact_evaluation_of_the_optimal_and_a_fixed_policy():
 
 def test_blackjack_values_match_rollouts_in_the_env():
     solution = solve_blackjack()
-    _within(evaluate_by_episodes("Blackjack-v1", solution.act, 20_000, seed=1), solution.value)
+    _within(evaluate_by_episodes("Blackjack-v1", solution.act, 12_000, seed=1), solution.value)
 
     def stick_on_20(obs):
         return 0 if obs[0] >= 20 else 1
 
-    _within(evaluate_by_episodes("Blackjack-v1", stick_on_20, 5_000, seed=2),
+    _within(evaluate_by_episodes("Blackjack-v1", stick_on_20, 3_000, seed=2),
             evaluate_blackjack_policy(stick_on_20))
 
 
 def test_blackjack_rule_difference_matches_paired_rollouts():
     """The same policy and seed give the same hands under both rule sets; only a natural
     against a dealer's three-card 21 scores differently, so the paired difference has a
-    small variance and checks the rule handling to about 10%."""
+    small variance and checks the rule handling to about 20%."""
     policy = solve_blackjack().act
-    with_sab = evaluate_by_episodes("Blackjack-v1", policy, 12_000, seed=4, sab=True)
-    without = evaluate_by_episodes("Blackjack-v1", policy, 12_000, seed=4, sab=False)
+    with_sab = evaluate_by_episodes("Blackjack-v1", policy, 8_000, seed=4, sab=True)
+    without = evaluate_by_episodes("Blackjack-v1", policy, 8_000, seed=4, sab=False)
     difference = with_sab.returns - without.returns
     assert set(np.unique(difference)) <= {0.0, 1.0}
     exact = evaluate_blackjack_policy(policy, sab=True) - evaluate_blackjack_policy(policy,

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
+from ppo.agent import PPO
 from ppo.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from ppo.config import Config
 from ppo.episode_replay import ReplayableEpisodes, episode_seed
-from ppo.agent import PPO
 
 
 def _weights(model: torch.nn.Module) -> torch.Tensor:
@@ -126,9 +126,11 @@ def test_unseeded_or_overlong_episodes_are_not_replayable(monkeypatch):
 # ---------------------------------------------------------------- the CLI, with SIGKILL
 def _train(run_dir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "ppo", "train", "--env", "CartPole-v1", "--rollout-steps", "64",
-         "--minibatch-size", "32", "--total-timesteps", str(64 * 120), "--checkpoint-every",
-         "1", "--no-tensorboard", "--quiet", "--run-dir", str(run_dir), *extra],
+        # The plain defaults: one env built here, whose episodes a resumed run replays.
+        [sys.executable, "-m", "ppo", "train", "--env", "CartPole-v1", "--defaults", "plain",
+         "--rollout-steps", "64", "--minibatch-size", "32", "--total-timesteps", str(64 * 120),
+         "--checkpoint-every", "1", "--no-tensorboard", "--quiet", "--run-dir", str(run_dir),
+         *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

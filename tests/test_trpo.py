@@ -10,14 +10,14 @@ from click.testing import CliRunner
 from gymnasium import spaces
 from torch.nn.utils import parameters_to_vector
 
-import ppo.trpo
+import ppo.learners.trpo
+from ppo.advantages import prepare_batch
+from ppo.agent import PPO
 from ppo.checkpoint import checkpoint_path, latest_checkpoint
 from ppo.cli import main
 from ppo.config import Config, ConfigError
-from ppo.policy import ActorCritic
-from ppo.agent import PPO
-from ppo.trpo import (
-    actor_parameters,
+from ppo.learners.ppo_numpy import NumpyPPO
+from ppo.learners.trpo import (
     conjugate_gradient,
     fisher_vector_product,
     frozen,
@@ -25,9 +25,13 @@ from ppo.trpo import (
     mean_kl,
     policy_distribution,
 )
+from ppo.networks import ActorCritic
+from ppo.spaces import ActionSpec
 
 SPACES = {"discrete": spaces.Discrete(3),
-          "gaussian": spaces.Box(-1.0, 1.0, (2,), dtype=np.float32)}
+          "gaussian": spaces.Box(-1.0, 1.0, (2,), dtype=np.float32),
+          "bernoulli": spaces.MultiBinary(2),
+          "mixed": spaces.Tuple((spaces.Discrete(3), spaces.Box(-1.0, 1.0, (2,), np.float32)))}
 
 
 def _trpo(**kw):
@@ -54,9 +58,10 @@ def test_conjugate_gradient_solves_a_random_spd_system():
 def _tiny(kind):
     """A small actor moved away from its near-uniform init, and a batch of states, in float64."""
     torch.manual_seed(0)
-    model = ActorCritic(3, SPACES[kind], [5], shared_trunk=False, init_log_std=-0.3).double()
+    cfg = Config(hidden_sizes=[5], shared_trunk=False, init_log_std=-0.3)
+    model = ActorCritic(3, ActionSpec(SPACES[kind]), cfg).double()
     with torch.no_grad():
-        for p in actor_parameters(model):
+        for p in model.actor_parameters():
             p.add_(0.5 * torch.randn_like(p))
     return model, torch.randn(16, 3, dtype=torch.float64)
 
@@ -64,7 +69,7 @@ def _tiny(kind):
 @pytest.mark.parametrize("kind", SPACES)
 def test_fisher_vector_product_matches_the_hessian_of_the_kl(kind):
     model, obs = _tiny(kind)
-    params = actor_parameters(model)
+    params = model.actor_parameters()
     names = {id(p): n for n, p in model.named_parameters()}
     x0 = parameters_to_vector(params).detach()
     old = frozen(policy_distribution(model, obs))
@@ -73,12 +78,13 @@ def test_fisher_vector_product_matches_the_hessian_of_the_kl(kind):
         chunks = torch.split(x, [p.numel() for p in params])
         tensors = {names[id(p)]: c.view_as(p) for p, c in zip(params, chunks, strict=True)}
         out, _ = torch.func.functional_call(model, tensors, (obs,))
-        log_std = None if model.discrete else tensors["log_std"].expand_as(out)
-        return mean_kl(old, (out, log_std))
+        log_std = None if model.log_std is None else tensors["log_std"]
+        return mean_kl(model, old, (out, log_std))
 
     hessian = torch.autograd.functional.hessian(kl_at, x0)
     assert hessian.abs().max() > 1e-2  # a real curvature, not a vacuous zero
-    fvp = fisher_vector_product(mean_kl(old, policy_distribution(model, obs)), params, 0.1)
+    fvp = fisher_vector_product(mean_kl(model, old, policy_distribution(model, obs)), params,
+                                0.1)
     eye = torch.eye(len(x0), dtype=torch.float64)
     fisher = torch.stack([fvp(e) for e in eye], dim=1)
     torch.testing.assert_close(fisher, hessian + 0.1 * eye, rtol=1e-7, atol=1e-10)
@@ -88,11 +94,11 @@ def test_fisher_vector_product_matches_the_hessian_of_the_kl(kind):
 def test_mean_kl_is_zero_at_pi_old_and_positive_away(kind):
     model, obs = _tiny(kind)
     old = frozen(policy_distribution(model, obs))
-    assert mean_kl(old, old).item() == pytest.approx(0.0, abs=1e-12)
+    assert mean_kl(model, old, old).item() == pytest.approx(0.0, abs=1e-12)
     with torch.no_grad():
-        for p in actor_parameters(model):
+        for p in model.actor_parameters():
             p.add_(0.1 * torch.randn_like(p))
-        assert mean_kl(old, policy_distribution(model, obs)).item() > 0
+        assert mean_kl(model, old, policy_distribution(model, obs)).item() > 0
 
 
 def test_line_search_backtracks_into_the_trust_region():
@@ -125,7 +131,7 @@ def test_line_search_gives_up_rather_than_leave_the_region():
 def test_every_accepted_step_is_within_max_kl_even_when_the_full_step_overshoots(monkeypatch):
     """A Fisher product 10^4 times too small makes the full step ~100x too long: the line
     search must still land inside delta."""
-    real_fvp, real_search = ppo.trpo.fisher_vector_product, ppo.trpo.line_search
+    real_fvp, real_search = ppo.learners.trpo.fisher_vector_product, ppo.learners.trpo.line_search
     fractions = []
 
     def weak_fvp(*args):
@@ -137,8 +143,8 @@ def test_every_accepted_step_is_within_max_kl_even_when_the_full_step_overshoots
         fractions.append(fraction)
         return x, fraction
 
-    monkeypatch.setattr(ppo.trpo, "fisher_vector_product", weak_fvp)
-    monkeypatch.setattr(ppo.trpo, "line_search", spy)
+    monkeypatch.setattr(ppo.learners.trpo, "fisher_vector_product", weak_fvp)
+    monkeypatch.setattr(ppo.learners.trpo, "line_search", spy)
     agent = PPO(_trpo(max_kl=0.005), verbose=False)
     for _ in range(3):
         row = agent.iteration()
@@ -148,29 +154,30 @@ def test_every_accepted_step_is_within_max_kl_even_when_the_full_step_overshoots
 
 def test_rejected_step_restores_the_actor_and_the_critic_still_learns(monkeypatch):
     # The reversed natural gradient lowers the surrogate at every fraction: no step is taken.
-    real_cg = ppo.trpo.conjugate_gradient
-    monkeypatch.setattr(ppo.trpo, "conjugate_gradient", lambda *a, **k: -real_cg(*a, **k))
+    real_cg = ppo.learners.trpo.conjugate_gradient
+    monkeypatch.setattr(ppo.learners.trpo, "conjugate_gradient",
+                        lambda *a, **k: -real_cg(*a, **k))
     agent = PPO(_trpo(), verbose=False)
-    actor = [p.detach().clone() for p in actor_parameters(agent.model)]
-    critic = [p.detach().clone() for p in agent.optimizer.param_groups[0]["params"]]
+    actor = [p.detach().clone() for p in agent.model.actor_parameters()]
+    critic = [p.detach().clone() for p in agent.learner.optimizer.param_groups[0]["params"]]
     row = agent.iteration()
-    for before, p in zip(actor, actor_parameters(agent.model), strict=True):
+    for before, p in zip(actor, agent.model.actor_parameters(), strict=True):
         assert torch.equal(before, p)
     assert any(not torch.equal(b, p) for b, p in
-               zip(critic, agent.optimizer.param_groups[0]["params"], strict=True))
+               zip(critic, agent.learner.optimizer.param_groups[0]["params"], strict=True))
     assert row["approx_kl"] == 0.0 and row["policy_loss"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_adam_holds_the_critic_only_and_runs_its_epochs():
     agent = PPO(_trpo(), verbose=False)
-    held = {id(p) for p in agent.optimizer.param_groups[0]["params"]}
-    assert held.isdisjoint(id(p) for p in actor_parameters(agent.model))
+    held = {id(p) for p in agent.learner.optimizer.param_groups[0]["params"]}
+    assert held.isdisjoint(id(p) for p in agent.model.actor_parameters())
     assert held == {id(p) for p in (*agent.model.critic.parameters(),
                                     *agent.model.value_head.parameters())}
     row = agent.iteration()
     assert row["epochs_run"] == 2
     # 256 samples in minibatches of 64, 2 epochs.
-    assert float(agent.optimizer.state_dict()["state"][0]["step"]) == 8
+    assert float(agent.learner.optimizer.state_dict()["state"][0]["step"]) == 8
 
 
 @pytest.mark.parametrize("clip_value", [True, False])
@@ -180,16 +187,17 @@ def test_numpy_critic_fit_matches_torch(clip_value):
     for learner in ("numpy", "torch"):
         agent = PPO(_trpo(learner=learner, clip_value=clip_value, value_clip_eps=0.05),
                     verbose=False)
-        assert (agent.learner.numpy_critic is None) == (learner == "torch")
-        agent.collector.reset(seed=0)
+        assert isinstance(agent.learner.critic_fit, NumpyPPO) == (learner == "numpy")
+        agent.collector.start(seed=0)
         rollout = agent.collector.collect(agent.config.rollout_steps, 0)
-        agent._freeze(rollout)
-        actor = [p.detach().clone() for p in actor_parameters(agent.model)]
+        agent.learner.critic_fit.load(prepare_batch(rollout, agent.learner.evaluate,
+                                                    agent.learner.values, agent.config))
+        actor = [p.detach().clone() for p in agent.model.actor_parameters()]
         loss, skipped = agent.learner.fit_value(np.random.default_rng(0))
-        for before, p in zip(actor, actor_parameters(agent.model), strict=True):
+        for before, p in zip(actor, agent.model.actor_parameters(), strict=True):
             assert torch.equal(before, p)  # the critic's fit never moves the actor
         fits.append((loss, skipped, [p.detach().clone() for p in
-                                     agent.optimizer.param_groups[0]["params"]]))
+                                     agent.learner.optimizer.param_groups[0]["params"]]))
     (loss_np, skipped_np, critic_np), (loss_t, skipped_t, critic_t) = fits
     assert skipped_np == skipped_t == 0
     assert loss_np == pytest.approx(loss_t, rel=1e-5)
@@ -216,8 +224,8 @@ def test_pendulum_run_saves_loads_and_resumes(tmp_path):
     agent = PPO(cfg, verbose=False).learn()
     loaded = PPO.load(tmp_path / "run")
     _same_weights(agent, loaded)
-    assert loaded.optimizer.state_dict()["state"].keys() == \
-        agent.optimizer.state_dict()["state"].keys()
+    assert loaded.learner.optimizer.state_dict()["state"].keys() == \
+        agent.learner.optimizer.state_dict()["state"].keys()
     assert (loaded.update, loaded.config.algo) == (3, "trpo")
     # Two copies of the checkpoint take the same next update.
     a, b = PPO.load(tmp_path / "run"), PPO.load(tmp_path / "run")
@@ -233,8 +241,8 @@ def test_cli_trains_with_algo_trpo_and_logs_the_same_columns(tmp_path):
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(main, [
         "train", "--algo", "trpo", "--no-shared-trunk", "--env", "CartPole-v1",
-        "--rollout-steps", "64", "--minibatch-size", "32", "--total-timesteps", "128",
-        "--no-tensorboard", "--quiet", "--run-dir", str(run_dir)])
+        "--defaults", "plain", "--rollout-steps", "64", "--minibatch-size", "32",
+        "--total-timesteps", "128", "--no-tensorboard", "--quiet", "--run-dir", str(run_dir)])
     assert result.exit_code == 0, result.output
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -243,7 +251,8 @@ def test_cli_trains_with_algo_trpo_and_logs_the_same_columns(tmp_path):
 
 
 def test_cli_refuses_trpo_with_a_shared_trunk():
-    result = CliRunner().invoke(main, ["train", "--algo", "trpo", "--env", "CartPole-v1"])
+    result = CliRunner().invoke(main, ["train", "--algo", "trpo", "--shared-trunk", "--env",
+                                       "CartPole-v1"])
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "--no-shared-trunk" in result.stderr
 
@@ -256,7 +265,8 @@ def test_cli_refuses_trpo_with_a_shared_trunk():
     ({"cg_damping": -0.1}, "cg_damping"),
     ({"line_search_steps": 0}, "line_search_steps"),
     ({"target_kl": 0.02}, "target_kl"),
-    ({"pitfall_fresh_old_logprobs": True}, "pitfall"),
+    ({"old_logprobs_from_current": True}, "old_logprobs_from_current"),
+    ({"advantages_per_epoch": True}, "advantages_per_epoch"),
 ])
 def test_bad_trpo_settings_are_named(changes, named):
     with pytest.raises(ConfigError, match=named):

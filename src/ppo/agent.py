@@ -25,11 +25,12 @@ from threadpoolctl import threadpool_limits
 from ppo import checkpoint
 from ppo.advantages import prepare_batch
 from ppo.config import Config, ConfigError
+from ppo.console import rounding_note
 from ppo.distributed import join_from_env
 from ppo.envs import EnvSource, make_env, make_vector_env
 from ppo.evaluation import Evaluator
 from ppo.learners import make_learner
-from ppo.metrics import MetricsLogger
+from ppo.metrics import MetricsLogger, tracking_sinks
 from ppo.networks import ActorCritic, FeaturesExtractor, Network, build
 from ppo.normalization import ObsNormalizer, RewardScaler
 from ppo.policy import make_policy
@@ -182,18 +183,22 @@ class PPO:
             self.config = cfg = cfg.replace(total_timesteps=end_step)
         self._start_envs()
         if self.run_dir is not None:
-            self.config = checkpoint.claim_run_dir(self.run_dir, self.config, self.update == 0)
+            self.config = cfg = checkpoint.claim_run_dir(self.run_dir, cfg, self.update == 0)
         steps_per_update = cfg.batch_size * self.world_size
+        if self.verbose and (note := rounding_note(self.global_step, end_step, steps_per_update)):
+            print(f"note: {note}", file=sys.stderr)
         total_updates = self.update + max(0, -(-(end_step - self.global_step) // steps_per_update))
         logger = MetricsLogger(self.run_dir, self.verbose, cfg.tensorboard,
-                               total_updates, self.update + 1, cfg.algo == "ppo")
+                               total_updates, self.update + 1, cfg.algo == "ppo",
+                               tracking_sinks(cfg) if self.rank == 0 else [])
         evaluator = None if cfg.eval_every is None else Evaluator(
             self._make_env, cfg.eval_every, cfg.eval_episodes, cfg.eval_deterministic, cfg.seed)
         try:
             with StopSignals() as signals:
                 while self.global_step < end_step and not self._stopping(signals):
                     row = self.iteration()
-                    if evaluator is not None and evaluator.due(self.update):
+                    last = self.global_step >= end_step
+                    if evaluator is not None and (evaluator.due(self.update) or last):
                         row.update(self._evaluate(evaluator))
                     logger.log(row)
                     if self.run_dir is not None and self.update % cfg.checkpoint_every == 0:
@@ -204,6 +209,9 @@ class PPO:
                         break
             if self.run_dir is not None:
                 checkpoint.write(self)
+            if self.verbose:
+                for line in logger.summary():
+                    print(line, file=sys.stderr)
         finally:
             logger.close()
             if evaluator is not None:

@@ -113,6 +113,11 @@ def best_path(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints" / "best.safetensors"
 
 
+def holds_run(run_dir: Path) -> bool:
+    """Whether a run was started in this directory (a fresh run must not reuse it)."""
+    return (Path(run_dir) / "config.toml").is_file()
+
+
 def checkpoint_path(run_dir: Path, update: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"update_{update:06d}.safetensors"
 
@@ -229,7 +234,7 @@ def claim_run_dir(run_dir: Path, config: Config, fresh: bool) -> Config:
     """Create the run directory and write its config.toml; a fresh run refuses a directory
     that already holds one. Returns the config as written (run_dir set)."""
     config_file = run_dir / "config.toml"
-    if fresh and config_file.exists():
+    if fresh and holds_run(run_dir):
         raise ConfigError(f"{run_dir} already holds a run; use --resume or another --run-dir")
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     config = config.replace(run_dir=str(run_dir))

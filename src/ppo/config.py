@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,89 +20,104 @@ class ConfigError(ValueError):
     """Bad user input: reported as one line, never as a traceback."""
 
 
-def _f(default: Any, help: str, **extra: Any) -> Any:
+# Sections of `ppo train --help`, in order; each field names its own in its metadata.
+GROUPS = ("Env", "PPO", "Network", "Normalization", "Evaluation", "Run", "TRPO")
+
+
+def _f(default: Any, help: str, group: str, **extra: Any) -> Any:
+    metadata = {"help": help, "group": group, **extra}
     if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default),
-                     metadata={"help": help, **extra})
-    return field(default=default, metadata={"help": help, **extra})
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def _in_group(group: str) -> Callable[..., Any]:
+    """The field maker for one section of `ppo train --help`."""
+    return lambda default, help, **extra: _f(default, help, group, **extra)
+
+
+_env, _ppo, _net, _norm, _eval, _run, _trpo = (
+    _in_group(g) for g in ("Env", "PPO", "Network", "Normalization", "Evaluation", "Run", "TRPO"))
 
 
 @dataclass
 class Config:
-    env_id: str = _f("LunarLander-v3", "Gymnasium env id; 'module:Id' imports module first "
+    env_id: str = _env("LunarLander-v3", "Gymnasium env id; 'module:Id' imports module first "
                      "(which registers Id), 'module:Class' names an env class.")
-    env_kwargs: dict[str, Any] = _f(
+    env_kwargs: dict[str, Any] = _env(
         {}, "Keyword arguments for the env's constructor (gymnasium.make), e.g. "
         "continuous=true; on the command line KEY=VALUE, repeatable, VALUE a TOML literal.")
-    wrappers: list[dict[str, Any]] = _f(
+    wrappers: list[dict[str, Any]] = _env(
         [], "Gymnasium wrappers applied to each env in order: tables with `path` "
         "('module:Class') and optional `kwargs`; on the command line the path, repeatable.")
-    seed: int = _f(0, "Seed for torch, NumPy, the envs and the action sampler.")
-    total_timesteps: int = _f(1_500_000, "Env steps to train for, summed over envs.")
-    num_envs: int = _f(1, "Parallel envs; each fills rollout_steps per update.")
-    vector: str = _f(
+    seed: int = _run(0, "Seed for torch, NumPy, the envs and the action sampler.")
+    total_timesteps: int = _run(1_500_000, "Env steps to train for, summed over envs.")
+    num_envs: int = _env(1, "Parallel envs; each fills rollout_steps per update.")
+    vector: str = _env(
         "auto",
         "Vectorization: sync (in-process), async (subprocesses), native (the env's own "
         "vectorized class) or auto (native when the env has one and num_envs >= 8, else sync).",
         choices=("auto", "sync", "async", "native"),
     )
-    device: str = _f("cpu", "Torch device for the learner: cpu or cuda.")
-    learner: str = _f(
+    device: str = _run("cpu", "Torch device for the learner: cpu or cuda.")
+    learner: str = _run(
         "auto",
         "Minibatch step: torch (plain autograd, any device), numpy (CPU fast path, same math) "
         "or auto (numpy on CPU).",
         choices=("auto", "torch", "numpy"),
     )
-    threads: int = _f(1, "Torch CPU threads; 1 is fastest for small MLPs and deterministic.")
+    threads: int = _run(1, "Torch CPU threads; 1 is fastest for small MLPs and deterministic.")
 
-    rollout_steps: int = _f(2048, "Steps collected per env per update (the rollout length T).")
-    minibatch_size: int = _f(64, "Samples per gradient step.")
-    epochs: int = _f(4, "K: passes over each rollout, freshly shuffled each time.")
-    lr: float = _f(3e-4, "Adam learning rate.")
-    anneal_lr: bool = _f(False, "Decay the learning rate linearly to 0 over the run.")
-    adam_eps: float = _f(1e-5, "Adam epsilon (1e-5 as in the reference implementations).")
-    gamma: float = _f(0.99, "Discount factor.")
-    gae_lambda: float = _f(0.95, "GAE bias-variance knob.")
-    clip_eps: float = _f(0.2, "Clip range of the importance ratio: [1-eps, 1+eps].")
-    anneal_clip: bool = _f(False, "Decay the clip range linearly to 0 over the run.")
-    clip_value: bool = _f(
+    rollout_steps: int = _ppo(2048, "Steps collected per env per update (the rollout length T).")
+    minibatch_size: int = _ppo(64, "Samples per gradient step.")
+    epochs: int = _ppo(4, "K: passes over each rollout, freshly shuffled each time.")
+    lr: float = _ppo(3e-4, "Adam learning rate.")
+    anneal_lr: bool = _ppo(False, "Decay the learning rate linearly to 0 over the run.")
+    adam_eps: float = _ppo(1e-5, "Adam epsilon (1e-5 as in the reference implementations).")
+    gamma: float = _ppo(0.99, "Discount factor.")
+    gae_lambda: float = _ppo(0.95, "GAE bias-variance knob.")
+    clip_eps: float = _ppo(0.2, "Clip range of the importance ratio: [1-eps, 1+eps].")
+    anneal_clip: bool = _ppo(False, "Decay the clip range linearly to 0 over the run.")
+    clip_value: bool = _ppo(
         True,
         "Clip the value update around the rollout-time value. With a shared trunk it keeps "
         "large value gradients off the policy's features; with separate networks and "
         "unscaled returns it slows the critic (measured on LunarLander, README).",
     )
-    value_clip_eps: float = _f(0.2, "Clip range of the value update.")
-    vf_coef: float = _f(0.5, "Weight of the value loss.")
-    ent_coef: float = _f(0.01, "Weight of the entropy bonus.")
-    max_grad_norm: float = _f(0.5, "Global gradient-norm clip; 0 turns it off.")
-    target_kl: float | None = _f(
+    value_clip_eps: float = _ppo(0.2, "Clip range of the value update.")
+    vf_coef: float = _ppo(0.5, "Weight of the value loss.")
+    ent_coef: float = _ppo(0.01, "Weight of the entropy bonus.")
+    max_grad_norm: float = _ppo(0.5, "Global gradient-norm clip; 0 turns it off.")
+    target_kl: float | None = _ppo(
         None, "Stop the epoch loop early once approx KL exceeds this; unset turns it off."
     )
-    norm_adv: str = _f(
+    norm_adv: str = _ppo(
         "batch",
         "Advantage normalization: per rollout batch, per minibatch (CleanRL, SB3) or off.",
         choices=("batch", "minibatch", "off"),
     )
-    algo: str = _f(
+    algo: str = _ppo(
         "ppo",
         "Policy update: ppo (clipped surrogate, K epochs of minibatches) or trpo (one "
         "natural-gradient step within a KL trust region; the critic is fitted with Adam over "
         "the same epochs and minibatches). trpo needs --no-shared-trunk.",
         choices=("ppo", "trpo"),
     )
-    max_kl: float = _f(0.01, "TRPO: trust-region radius delta, the bound on mean KL(pi_old||pi).")
-    cg_iters: int = _f(10, "TRPO: conjugate-gradient iterations for the step direction.")
-    cg_damping: float = _f(0.1, "TRPO: damping added to the Fisher matrix (F + damping * I).")
-    line_search_steps: int = _f(
+    max_kl: float = _trpo(
+        0.01, "TRPO: trust-region radius delta, the bound on mean KL(pi_old||pi).")
+    cg_iters: int = _trpo(10, "TRPO: conjugate-gradient iterations for the step direction.")
+    cg_damping: float = _trpo(
+        0.1, "TRPO: damping added to the Fisher matrix (F + damping * I).")
+    line_search_steps: int = _trpo(
         10, "TRPO: backtracking tries (step fractions 1, 1/2, 1/4, ...) before skipping the step."
     )
 
-    max_nonfinite_steps: int = _f(
+    max_nonfinite_steps: int = _run(
         10, "Stop after this many minibatch steps (TRPO: updates) in a row with a NaN/Inf "
         "loss or gradient (each one is skipped, not applied)."
     )
 
-    policy: str = _f(
+    policy: str = _net(
         "auto",
         "Network kind: mlp (vector observations into MLPs), cnn (images through the Nature "
         "CNN of Mnih et al. 2015, other parts alongside, then the MLPs), lstm (an LSTM over "
@@ -109,64 +125,73 @@ class Config:
         "observations, else mlp).",
         choices=("auto", "mlp", "cnn", "lstm"),
     )
-    lstm_hidden_size: int = _f(128, "policy lstm: width of the LSTM's hidden state.")
-    precision: str = _f(
+    lstm_hidden_size: int = _net(128, "policy lstm: width of the LSTM's hidden state.")
+    precision: str = _net(
         "float32",
         "Arithmetic of the image encoder (CNN): float32, or bfloat16 (autocast; weights, "
         "Adam, the MLPs and the losses stay float32), ~1.8x faster on CPUs with AVX512-BF16 "
         "or AMX and on recent GPUs.",
         choices=("float32", "bfloat16"),
     )
-    hidden_sizes: list[int] = _f(
+    hidden_sizes: list[int] = _net(
         [64, 64], "Hidden layer widths of each MLP (none: the heads act on the features).")
-    actor_hidden_sizes: list[int] | None = _f(
+    actor_hidden_sizes: list[int] | None = _net(
         None, "Hidden widths of the actor when the networks are separate (default: hidden_sizes)."
     )
-    critic_hidden_sizes: list[int] | None = _f(
+    critic_hidden_sizes: list[int] | None = _net(
         None, "Hidden widths of the critic when the networks are separate (default: hidden_sizes)."
     )
-    activation: str = _f("tanh", "Hidden-layer activation (gelu: the torch learner only).",
-                         choices=("tanh", "relu", "gelu"))
-    shared_trunk: bool = _f(
+    activation: str = _net("tanh", "Hidden-layer activation (gelu: the torch learner only).",
+                           choices=("tanh", "relu", "gelu"))
+    shared_trunk: bool = _net(
         True, "One trunk for policy and value; learns LunarLander faster than two networks "
         "(measured, README). --no-shared-trunk for separate actor and critic networks."
     )
-    ortho_init: bool = _f(
+    ortho_init: bool = _net(
         True, "Orthogonal initialization (gain sqrt 2 hidden, 0.01 policy head, 1 value head); "
         "off: PyTorch's default initialization."
     )
-    init_log_std: float = _f(0.0, "Initial log standard deviation of a Gaussian policy.")
-    normalize_obs: bool = _f(False, "Normalize observations by running mean and variance.")
-    normalize_reward: bool = _f(
+    init_log_std: float = _net(0.0, "Initial log standard deviation of a Gaussian policy.")
+    normalize_obs: bool = _norm(False, "Normalize observations by running mean and variance.")
+    normalize_reward: bool = _norm(
         False, "Scale rewards by the running std of the discounted return."
     )
-    obs_clip: float = _f(10.0, "Clip normalized observations to +-obs_clip.")
-    reward_clip: float = _f(10.0, "Clip scaled rewards to +-reward_clip.")
+    obs_clip: float = _norm(10.0, "Clip normalized observations to +-obs_clip.")
+    reward_clip: float = _norm(10.0, "Clip scaled rewards to +-reward_clip.")
 
     # Ablations of two details of the standard algorithm, for the experiments that measure them.
-    advantages_per_epoch: bool = _f(
+    advantages_per_epoch: bool = _ppo(
         False, "Ablation: recompute GAE before every epoch with the current critic, instead of "
         "once per rollout."
     )
-    old_logprobs_from_current: bool = _f(
+    old_logprobs_from_current: bool = _ppo(
         False, "Ablation: take pi_old's log-probs from the current weights at every minibatch "
         "step, so the ratio is always 1 and the clip never acts."
     )
 
-    run_dir: str | None = _f(None, "Run directory (default runs/<env>__<seed>__<time>).")
-    checkpoint_every: int = _f(50, "Write a checkpoint every N updates (and always at the end).")
-    eval_every: int | None = _f(
+    run_dir: str | None = _run(None, "Run directory (default runs/<env>__<seed>__<time>).")
+    checkpoint_every: int = _run(50, "Write a checkpoint every N updates (and always at the end).")
+    eval_every: int | None = _eval(
         None, "Evaluate every N updates on separate envs with their own seeds (observation "
         "normalization frozen): eval_return and eval_return_std columns, and "
         "checkpoints/best.safetensors for the best evaluation; unset: no evaluation.")
-    eval_episodes: int = _f(10, "Episodes per evaluation.")
-    eval_deterministic: bool = _f(
+    eval_episodes: int = _eval(10, "Episodes per evaluation.")
+    eval_deterministic: bool = _eval(
         True, "Evaluate the policy's most likely actions; --no-eval-deterministic samples.")
-    stop_at_return: float | None = _f(
+    stop_at_return: float | None = _eval(
         None, "Stop (with a checkpoint) once the evaluation return, or without evaluation the "
         "mean training return of the last 100 episodes, reaches this.")
-    tensorboard: bool = _f(True, "Write TensorBoard event files into the run directory.")
-    dist_timeout: float = _f(
+    tensorboard: bool = _run(True, "Write TensorBoard event files into the run directory.")
+    track: bool = _run(
+        False, "Log the config and every metric to Weights & Biases (needs the wandb extra; "
+        "WANDB_MODE=offline logs to the run directory without a server)."
+    )
+    wandb_project: str = _run("ppo", "Weights & Biases project of --track.")
+    wandb_group: str | None = _run(
+        None, "Weights & Biases group of --track (default for --seeds: the group directory's "
+        "name)."
+    )
+    dist_timeout: float = _run(
         300.0, "Under torchrun: seconds a rank waits for the others in a collective before it "
         "stops with an error (another rank died or hangs)."
     )
@@ -263,6 +288,42 @@ class Config:
 
     def replace(self, **changes: Any) -> Config:
         return from_dict({**self.to_dict(), **changes})
+
+FLAG_NAMES = {"env_id": "--env", "wrappers": "--wrapper"}
+
+
+def flag_name(field_name: str) -> str:
+    """The `ppo train` flag of a Config field: --env for env_id, --wrapper for wrappers,
+    else --field-name."""
+    return FLAG_NAMES.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def to_flags(values: dict[str, Any]) -> list[str]:
+    """Config values as `ppo train` arguments; None (unset) values are left out."""
+    args = []
+    for name, value in values.items():
+        flag = flag_name(name)
+        if isinstance(value, bool):
+            args.append(flag if value else "--no-" + flag[2:])
+        elif name == "env_kwargs":
+            args += [a for k, v in value.items() for a in (flag, f"{k}={_toml_literal(v)}")]
+        elif name == "wrappers":
+            if any(w.get("kwargs") for w in value):
+                raise ConfigError("wrapper kwargs can't be given as flags; use a config file")
+            args += [a for w in value for a in (flag, w["path"])]
+        elif isinstance(value, list):
+            args += [flag, ",".join(map(str, value))]
+        elif value is not None:
+            args += [flag, str(value)]
+    return args
+
+
+def _toml_literal(value: Any) -> str:
+    """A value as TOML writes it (what --env-kwargs reads back)."""
+    import tomli_w
+
+    return tomli_w.dumps({"v": value})[len("v = "):].strip()
+
 
 def _coerce(name: str, value: Any, annotation: str) -> Any:
     """Check a TOML value against the field's declared type, allowing int where float fits."""

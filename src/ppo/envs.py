@@ -16,6 +16,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 
 from ppo.config import Config, ConfigError
 from ppo.episode_replay import ReplayableEpisodes
+from ppo.extras import require
 
 EnvSource = str | gym.Env | Callable[[], gym.Env] | VectorEnv
 
@@ -70,21 +71,17 @@ def env_spec(env_id: str) -> EnvSpec:
             return gym.spec(name)
         return EnvSpec(id=name, entry_point=env_id)
     if env_id.startswith("ALE/"):
-        _register_atari(env_id)
+        require("atari", f"env {env_id}")
+        import ale_py
+
+        gym.register_envs(ale_py)
     try:
-        return gym.spec(env_id)
+        spec = gym.spec(env_id)
     except gym.error.Error as e:
         raise ConfigError(f"unknown env id {env_id!r}: {e}") from None
-
-
-def _register_atari(env_id: str) -> None:
-    """Gymnasium 1.x finds ALE/ ids only once ale_py is imported (it registers them)."""
-    try:
-        import ale_py
-    except ImportError:
-        raise ConfigError(f"{env_id} is an Atari game, which needs ale-py: install the Atari "
-                          'extra, pip install -e ".[atari]" (or pip install ale-py)') from None
-    gym.register_envs(ale_py)
+    if str(spec.entry_point).startswith("gymnasium.envs.mujoco"):
+        require("mujoco", f"env {env_id}")
+    return spec
 
 
 class InProcessVectorEnv(VectorEnv):

@@ -13,6 +13,7 @@ import gymnasium as gym
 import numpy as np
 
 from ppo.envs import make_env
+from ppo.extras import require
 
 if TYPE_CHECKING:
     from ppo.agent import PPO
@@ -97,7 +98,8 @@ class Evaluator:
 
 
 def record_video(agent: PPO, path: Path, deterministic: bool, seed: int) -> Path:
-    """One episode rendered to an .mp4 (imageio's bundled ffmpeg)."""
+    """One episode rendered to an .mp4 (imageio's bundled ffmpeg: the video extra)."""
+    require("video", "recording a video")
     import imageio.v2 as imageio
 
     env = make_env(agent.config, render_mode="rgb_array")

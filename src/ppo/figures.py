@@ -1,4 +1,5 @@
-"""Figures: the clipped objective and its gradient, learning curves, and the clip-range ablation.
+"""Figures: the clipped objective and its gradient, learning curves, the clip-range ablation,
+and performance profiles.
 
 Everything is drawn on standalone `matplotlib.figure.Figure` objects rendered by the Agg
 canvas, so no pyplot state is created or leaked: safe headless, in tests and in loops.
@@ -6,11 +7,11 @@ canvas, so no pyplot state is created or leaked: safe headless, in tests and in 
 
 from __future__ import annotations
 
-import csv
 import math
 import tomllib
 from collections import Counter
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter
 
-from ppo.metrics import CLIPFRAC_BAND, KL_LIMIT
+from ppo.metrics import CLIPFRAC_BAND, KL_LIMIT, read_metrics
+from ppo.stats import performance_profile, stratified_bootstrap
 
 FORMATS = (".png", ".pdf", ".svg")
 CURVE_COLUMNS = ("global_step", "episodic_return", "approx_kl", "clipfrac")
@@ -92,26 +94,6 @@ def plot_objective(eps: float, out: Path) -> Path:
     axes[0, 0].set_xlim(0.0, r_max)
     fig.suptitle(f"PPO-Clip objective, ε = {eps:g}")
     return _save(fig, out)
-
-
-def read_metrics(run_dir: Path) -> dict[str, np.ndarray]:
-    """A run's metrics.csv as column name -> float array; empty or missing cells are NaN
-    (episodic_return is empty until the first episode ends)."""
-    path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
-        raise ValueError(f"{run_dir}: no metrics.csv (not a run directory, or nothing logged yet)")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        names = [n for n in reader.fieldnames or [] if n]
-    columns = {}
-    for name in names:
-        try:
-            columns[name] = np.array(
-                [float(row[name]) if row[name] else math.nan for row in rows], dtype=float)
-        except ValueError:
-            raise ValueError(f"{path}: column {name} holds a value that is not a number") from None
-    return columns
 
 
 def group_runs(run_dirs: Sequence[Path], labels: Sequence[str] | None = None
@@ -231,6 +213,39 @@ def plot_return_and_kl(groups: dict[str, list[Path]], out: Path) -> Path:
     return _save(fig, out)
 
 
+def plot_profiles(scores: dict[str, dict[str, np.ndarray]], out: Path,
+                  what: str = "final return") -> Path:
+    """Performance profiles (Agarwal et al. 2021): for each threshold tau, the fraction of a
+    group's runs scoring above it, with a 95% stratified-bootstrap band. One panel per task
+    (`scores`: task -> group label -> one score per run), as returns of different tasks
+    share no scale."""
+    panels = {task: {label: np.asarray(s, dtype=float) for label, s in groups.items() if len(s)}
+              for task, groups in scores.items()}
+    panels = {task: groups for task, groups in panels.items() if groups}
+    if not panels:
+        raise ValueError("no scores to draw performance profiles of")
+    fig = Figure(figsize=(5.5 * len(panels), 4.5), layout="constrained")
+    for ax, (task, groups) in zip(np.atleast_1d(fig.subplots(1, len(panels))), panels.items(),
+                                  strict=True):
+        every = np.concatenate(list(groups.values()))
+        margin = 0.05 * (np.ptp(every) or max(1.0, abs(every[0])))
+        taus = np.linspace(every.min() - margin, every.max() + margin, 401)
+        for i, (label, s) in enumerate(groups.items()):
+            color = f"C{i % 10}"
+            low, high = stratified_bootstrap(s, partial(performance_profile, taus=taus))
+            ax.fill_between(taus, low, high, step="post", color=color, alpha=0.18, lw=0)
+            ax.step(taus, performance_profile(s, taus), where="post", color=color,
+                    lw=1.6, label=f"{label} (n={len(s)})")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel(f"{what} τ")
+        ax.set_ylabel(f"fraction of runs with {what} > τ")
+        ax.set_title(task)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle("Performance profiles (band: 95% stratified-bootstrap CI)")
+    return _save(fig, out)
+
+
 Stats = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
@@ -315,3 +330,26 @@ def _save(fig: Figure, out: Path) -> Path:
     FigureCanvasAgg(fig)
     fig.savefig(out, dpi=150)
     return out
+
+
+def plot_evaluations(groups: dict[str, list[Path]], out: Path, title: str,
+                     target: float | None = None) -> Path:
+    """The deterministic evaluation return (solid) and the training return (dashed) against
+    env steps, per group: mean over its runs with a min-max band; the target as a line."""
+    curves = _group_curves(groups, ("eval_return", "episodic_return"))
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.subplots()
+    for i, (label, (n, grid, stats)) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        _draw_band(ax, grid, stats["eval_return"], color, f"{label} (n={n}): evaluation")
+        ax.plot(grid, stats["episodic_return"][0], color=color, lw=1, ls="--",
+                label=f"{label}: training episodes")
+    if target is not None:
+        ax.axhline(target, color="0.3", lw=1, ls=":", label=f"target {target:g}")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("return")
+    ax.xaxis.set_major_formatter(EngFormatter())
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.suptitle(f"{title} (mean over runs, band: min-max)")
+    return _save(fig, out)

@@ -39,7 +39,8 @@ def _layer(n_in: int, n_out: int, gain: float | None) -> nn.Linear:
 
 def mlp(n_in: int, sizes: list[int], activation: str, ortho_init: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for a, b in zip([n_in, *sizes], sizes, strict=False):  # no sizes: no layers
+    widths = [n_in, *sizes]
+    for a, b in zip(widths[:-1], widths[1:], strict=True):
         layers += [_layer(a, b, math.sqrt(2.0) if ortho_init else None), ACTIVATIONS[activation]()]
     return nn.Sequential(*layers)
 

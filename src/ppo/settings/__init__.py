@@ -53,26 +53,31 @@ def kind_of(values: dict[str, Any]) -> str:
     return "continuous" if any(isinstance(s, spaces.Box) for s in leaves) else "discrete"
 
 
+DEFAULTS = ("task", "kind", "plain")
+
+
 def resolve(flags: dict[str, Any], config_file: dict[str, Any] | None = None,
-            preset: dict[str, Any] | None = None, env_settings: bool = True) -> Resolved:
+            preset: dict[str, Any] | None = None, defaults: str = "task") -> Resolved:
     """Plain defaults < the env's settings (unless a preset is given) < preset < config
-    file < flags."""
+    file < flags. `defaults`: task (the task's own settings, else its kind's), kind (its
+    kind's), or plain (Config's)."""
     asked = {**(preset or {}), **(config_file or {}), **flags}
     env_id = asked.get("env_id", Config.env_id)
     base: dict[str, Any] = {}
     if preset is not None:
         source = "settings: the preset's"
-    elif not env_settings:
+    elif defaults == "plain":
         source = "settings: the plain defaults (Config)"
-    elif (path := task_file(env_id)) is not None:
+    elif defaults == "task" and (path := task_file(env_id)) is not None:
         base = load_toml(path)
         source = (f"settings: shipped for {env_id} ({path.name}; its header says where they "
-                  "come from); --no-env-settings for the plain defaults")
+                  "come from); --defaults plain for the plain defaults")
     else:
         kind = kind_of({"env_id": env_id, **asked})
         base = load_toml(_file("kinds", f"{kind}.toml"))
-        source = (f"settings: for {kind}-action tasks ({env_id} has no file of its own); "
-                  "--no-env-settings for the plain defaults")
+        why = "asked for" if defaults == "kind" else f"{env_id} has no file of its own"
+        source = (f"settings: for {kind}-action tasks ({why}); --defaults plain for the plain "
+                  "defaults")
     values = {**base, **asked}
     if values.get("algo") == "trpo" and "shared_trunk" not in asked:
         values["shared_trunk"] = False  # the natural-gradient step moves the actor alone
