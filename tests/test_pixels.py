@@ -131,7 +131,7 @@ def test_small_mixed_grids_stay_vectors():
 def test_bad_combinations_are_one_line(tmp_path, args, message):
     run_dir = tmp_path / "run"
     result = CliRunner().invoke(main, ["train", *args, "--run-dir", str(run_dir),
-                                       "--total-timesteps", "64", "--no-env-settings"])
+                                       "--total-timesteps", "64", "--defaults", "plain"])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
