@@ -125,3 +125,17 @@ def test_evaluation_carries_the_state():
     assert calls[0] == (None, [True])
     assert all(state is not None and start == [False] for state, start in calls[1:])
     agent.close()
+
+
+def test_an_lstm_run_evaluates_from_the_cli(tmp_path):
+    from click.testing import CliRunner
+
+    from ppo.cli import main
+
+    run_dir = tmp_path / "run"
+    cfg = _config(num_envs=4, rollout_steps=32, minibatch_size=128, total_timesteps=128,
+                  run_dir=str(run_dir))
+    PPO(cfg, verbose=False).learn().close()
+    result = CliRunner().invoke(main, ["eval", str(run_dir), "--episodes", "2"])
+    assert result.exit_code == 0, result.output
+    assert "return" in result.output

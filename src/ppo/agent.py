@@ -291,6 +291,11 @@ class PPO:
         # A file's own idea of where its run lives is never trusted with writes: a loaded
         # agent writes nowhere unless given a run_dir (resume passes the directory it read).
         stored = {k: v for k, v in meta["config"].items() if k != "run_dir"}
+        if "num_envs" in overrides and "minibatch_size" not in overrides:
+            # Fewer envs (ppo eval's one): a minibatch no larger than the smaller rollout.
+            rollout = stored.get("rollout_steps", Config.rollout_steps) * overrides["num_envs"]
+            overrides["minibatch_size"] = min(
+                stored.get("minibatch_size", Config.minibatch_size), rollout)
         agent = cls(checkpoint.config_of(stored, overrides, path), env=env, verbose=verbose,
                     features_extractor=features_extractor, network=network)
         checkpoint.restore(agent, tensors, meta, path)
