@@ -104,7 +104,8 @@ class PPO:
         self.shuffle_rng = np.random.default_rng([cfg.seed, 2])
         self.policy = make_policy(self.model, self.action_spec)
         self.collector = Collector(self.envs, self.policy, self.encoder, self.action_spec,
-                                   self.action_rng, self.obs_normalizer, reward_scaler)
+                                   self.action_rng, self.obs_normalizer, reward_scaler,
+                                   cfg.sde_sample_freq if cfg.use_sde else None)
         self.global_step = 0
         self.update = 0
         self.best_eval_return = -math.inf

@@ -151,7 +151,17 @@ class Config:
         True, "Orthogonal initialization (gain sqrt 2 hidden, 0.01 policy head, 1 value head); "
         "off: PyTorch's default initialization."
     )
-    init_log_std: float = _net(0.0, "Initial log standard deviation of a Gaussian policy.")
+    init_log_std: float = _net(
+        0.0, "Initial log standard deviation of a Gaussian policy (with use_sde: of every "
+        "entry of the exploration noise's weight matrix).")
+    use_sde: bool = _net(
+        False, "Generalized state-dependent exploration (gSDE, Raffin et al. 2022), for "
+        "continuous actions: the noise added to the mean action is the actor's last hidden "
+        "layer times a random matrix, held for sde_sample_freq steps, so exploration is smooth "
+        "in time and its scale depends on the state.")
+    sde_sample_freq: int = _net(
+        -1, "With use_sde: draw each env's noise matrix anew every this many steps; -1 once "
+        "per rollout.")
     normalize_obs: bool = _norm(False, "Normalize observations by running mean and variance.")
     normalize_reward: bool = _norm(
         False, "Scale rewards by the running std of the discounted return."
@@ -223,6 +233,9 @@ class Config:
         for name in ("vf_coef", "ent_coef", "max_grad_norm", "cg_damping"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.sde_sample_freq != -1 and self.sde_sample_freq < 1:
+            raise ConfigError(f"sde_sample_freq must be -1 (once per rollout) or >= 1, got "
+                              f"{self.sde_sample_freq}")
         if self.eval_every is not None and self.eval_every < 1:
             raise ConfigError(f"eval_every must be >= 1 when set, got {self.eval_every}")
         if self.stop_at_return is not None and not math.isfinite(self.stop_at_return):

@@ -171,8 +171,12 @@ class Collector:
         rng: np.random.Generator,
         obs_normalizer: ObsNormalizer | None,
         reward_scaler: RewardScaler | None,
+        sde_sample_freq: int | None = None,
     ) -> None:
+        """sde_sample_freq: with gSDE, steps between draws of the exploration matrices (-1:
+        once per rollout); None without gSDE."""
         self.envs, self.policy, self.rng = envs, policy, rng
+        self.sde_sample_freq = sde_sample_freq
         self.encoder, self.action_spec = encoder, action_spec
         self.obs_normalizer, self.reward_scaler = obs_normalizer, reward_scaler
         self.next_step_reset = envs.metadata.get("autoreset_mode") == AutoresetMode.NEXT_STEP
@@ -358,6 +362,10 @@ class Collector:
         values = np.empty((steps, n), np.float32) if policy.records else None
         sequences = Sequences(self.hidden, np.empty((steps, n), bool)) if policy.recurrent else None
         noise = policy.noise(self.rng, (steps, n))
+        # gSDE: new exploration matrices at the rollout's start, then every sde_sample_freq
+        # steps, drawn from the action stream as they are needed.
+        resample_every = None if self.sde_sample_freq is None else (
+            steps if self.sde_sample_freq == -1 else self.sde_sample_freq)
         finished_info: list[dict[str, float]] = []
         reported: list[tuple[float, int]] = []
         final_t: list[int] = []
@@ -370,6 +378,8 @@ class Collector:
             obs_set(obs_buf, t, self.obs)
             if masks is not None:
                 masks[t] = self.mask
+            if resample_every is not None and t % resample_every == 0:
+                policy.resample_exploration(self.rng, n)
             if policy.records:
                 taken = policy.step(self.obs, noise[t], self.mask, self.hidden, self.starts)
                 action, logp[t], values[t] = taken.actions, taken.logp, taken.values
