@@ -16,7 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
+from gymnasium import spaces
 from torch import Tensor, nn
 
 from ppo import distributions, sde
@@ -211,14 +213,17 @@ def image_encoder(obs: ObsEncoder, cfg: Config) -> nn.Module | None:
     return MultiInputEncoder(shapes, obs.width, cfg.ortho_init)
 
 
-def build(obs: ObsEncoder, action_spec: ActionSpec, cfg: Config,
+def build(obs: ObsEncoder | int, action_spec: ActionSpec, cfg: Config,
           features_extractor: FeaturesExtractor | None = None,
           network: Network | None = None) -> ActorCritic:
     """The network the config describes (its `policy` kind), around a user's feature
     extractor or in place of a user's whole network; checks that a user's network's
-    outputs fit the action space."""
+    outputs fit the action space. `obs`: the observations' encoder, or the width of plain
+    vector observations."""
     if cfg.use_sde and action_spec.discrete:
         raise ConfigError("use_sde needs continuous actions")
+    if isinstance(obs, int):
+        obs = ObsEncoder(spaces.Box(-np.inf, np.inf, (obs,), np.float32))
     obs_width = obs.width
     if network is None and features_extractor is None:
         kind = policy_kind(cfg.policy, obs)
