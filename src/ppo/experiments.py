@@ -106,7 +106,8 @@ EXPERIMENTS = {
     "carracing": Experiment(
         "CarRacing-v3 from pixels, continuous actions, with its shipped settings "
         "(settings/CarRacing-v3.toml).",
-        {"ppo": {}}, seeds=1, steps=500_000, base={"env_id": "CarRacing-v3"}, defaults="task"),
+        {"ppo": {}}, seeds=1, steps=500_000,
+        base={"env_id": "CarRacing-v3", "checkpoint_every": 2}, defaults="task"),
     "memory": Experiment(
         "CartPole without its velocities (ppo.wrappers:CartPoleNoVelocity-v1): an LSTM policy "
         "against an MLP on the same observation and settings (the RL Zoo's for RecurrentPPO).",
