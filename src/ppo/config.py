@@ -493,8 +493,9 @@ def estimate_memory(cfg: Config, obs_width: int, action_width: int) -> MemoryEst
                   cfg.critic_hidden_sizes or cfg.hidden_sizes]
     params = 0
     for widths in trunks:
+        layers = [obs_width, *widths]  # no widths: no layers (heads on the features)
         params += sum((n_in + 1) * n_out
-                      for n_in, n_out in zip([obs_width, *widths[:-1]], widths, strict=True))
+                      for n_in, n_out in zip(layers[:-1], layers[1:], strict=True))
     last = [widths[-1] if widths else obs_width for widths in trunks]
     params += (last[0] + 1) * action_width + (last[-1] + 1) + action_width  # heads, log std
     # Observations are held three times (rollout, learner batch, minibatch gathers); the
@@ -554,14 +555,19 @@ def _gb(n: int) -> str:
 def named_imports(values: Mapping[str, Any]) -> dict[str, str]:
     """What a config's values would make ppo import, as {'module:...' path: how to name it
     yourself}: an env id with a module part ('module:Class' or 'module:Id'), and each
-    wrapper path."""
+    wrapper path. ppo's own modules (ppo.wrappers, ppo.atari) are not counted: importing
+    them runs nothing that running ppo does not."""
+    def foreign(path: str) -> bool:
+        module = path.partition(":")[0]
+        return module != "ppo" and not module.startswith("ppo.")
+
     found = {}
     env_id = values.get("env_id")
-    if isinstance(env_id, str) and ":" in env_id:
+    if isinstance(env_id, str) and ":" in env_id and foreign(env_id):
         found[env_id] = f"--env {env_id} (in Python: env_id={env_id!r})"
     for entry in values.get("wrappers") or []:
         path = entry.get("path") if isinstance(entry, dict) else entry
-        if isinstance(path, str):
+        if isinstance(path, str) and foreign(path):
             found[path] = f"--wrapper {path} (in Python: wrappers=[{path!r}])"
     return found
 
