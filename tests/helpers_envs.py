@@ -466,3 +466,50 @@ class HugeObservation(CounterEnv):
     def __init__(self):
         super().__init__(3)
         self.observation_space = spaces.Discrete(10**12)
+
+
+class ImageSideEnv(gym.Env):
+    """A uint8 image with a bright square on the left or the right half; action 0 (left) or
+    1 (right) earns 1 when it names the side. Episodes of `length` steps, a fresh side each
+    step: the optimum is `length`, random play `length / 2`. `shape` is the image's layout
+    (H, W), (H, W, C) or (C, H, W); `extra` adds a Dict observation with a vector part."""
+
+    metadata: dict = {"render_modes": []}
+
+    def __init__(self, shape: tuple[int, ...] = (40, 40, 1), length: int = 8,
+                 extra: bool = False) -> None:
+        self.shape, self.length, self.extra = shape, length, extra
+        image = spaces.Box(0, 255, shape, np.uint8)
+        self.observation_space = (spaces.Dict({"pixels": image,
+                                               "noise": spaces.Box(-1, 1, (3,), np.float32)})
+                                  if extra else image)
+        self.action_space = spaces.Discrete(2)
+        self.t, self.side = 0, 0
+
+    def _obs(self):
+        self.side = int(self.np_random.integers(2))
+        channels_first = len(self.shape) == 3 and self.shape[0] < self.shape[2]
+        height, width = self.shape[1:] if channels_first else self.shape[:2]
+        plane = np.zeros((height, width), np.uint8)
+        top = int(self.np_random.integers(0, height - 8))
+        left = int(self.np_random.integers(0, width // 2 - 8)) + self.side * (width // 2)
+        plane[top:top + 8, left:left + 8] = 255
+        if len(self.shape) == 2:
+            image = plane
+        elif channels_first:
+            image = np.repeat(plane[None], self.shape[0], 0)
+        else:
+            image = np.repeat(plane[..., None], self.shape[2], 2)
+        if not self.extra:
+            return image
+        return {"pixels": image, "noise": self.np_random.uniform(-1, 1, 3).astype(np.float32)}
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        reward = float(int(action) == self.side)
+        self.t += 1
+        return self._obs(), reward, False, self.t >= self.length, {}

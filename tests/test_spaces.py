@@ -83,13 +83,15 @@ def test_text_parts_are_dropped():
 
 
 @pytest.mark.parametrize("shape", [(64, 64, 3), (3, 84, 84), (84, 84), (32, 32, 1)])
-def test_images_are_refused(shape):
+def test_images_are_kept_as_uint8_for_a_cnn(shape):
     image = spaces.Box(0, 255, shape, np.uint8)
     assert is_image(image)
-    with pytest.raises(ConfigError, match="image"):
-        ObsEncoder(image)
-    with pytest.raises(ConfigError, match="cam is an image"):
-        ObsEncoder(spaces.Dict({"cam": image, "x": spaces.Box(0.0, 1.0, (1,), np.float32)}))
+    batch = np.zeros((2, *shape), np.uint8)
+    encoder = ObsEncoder(image)
+    assert encoder.images and encoder.width == 0 and encoder(batch) is batch
+    mixed = ObsEncoder(spaces.Dict({"cam": image, "x": spaces.Box(0.0, 1.0, (1,), np.float32)}))
+    obs = mixed({"cam": batch, "x": np.ones((2, 1), np.float32)})
+    assert obs["cam"] is batch and obs["vector"].shape == (2, 1)
 
 
 @pytest.mark.parametrize("space", [

@@ -10,10 +10,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ppo.config import Config
+from ppo.spaces import Obs, obs_concat, obs_flatten, obs_take
 
 if TYPE_CHECKING:
     from ppo.distributed import Replicas
-    from ppo.rollout import Rollout
+    from ppo.rollout import Rollout, Sequences
 
 
 def gae(
@@ -47,8 +48,8 @@ class GaeInputs:
     """What GAE needs from a rollout, kept so that targets can be computed again from other
     values (the advantages_per_epoch ablation)."""
 
-    obs: np.ndarray  # (T * N, width): every step's observation
-    successors: np.ndarray  # (N + F, width): s_T of each env, then the F final observations
+    obs: Obs  # (T * N, ...): every step's observation
+    successors: Obs  # (N + F, ...): s_T of each env, then the F final observations
     rewards: np.ndarray  # (T, N)
     terminated: np.ndarray  # (T, N)
     episode_end: np.ndarray  # (T, N)
@@ -61,7 +62,7 @@ class Batch:
     """The transitions a learner trains on, with what was frozen at collection (pi_old's
     log-probs, the values) and the GAE targets."""
 
-    obs: np.ndarray
+    obs: Obs
     actions: np.ndarray
     masks: np.ndarray | None  # valid actions of masked categorical heads
     logp_old: np.ndarray
@@ -70,28 +71,35 @@ class Batch:
     returns: np.ndarray
     explained_variance: float
     gae_inputs: GaeInputs
+    sequences: Sequences | None = None  # recurrent policies: every step is kept, (T, N) order
 
 
 def prepare_batch(rollout: Rollout, evaluate: Callable, values: Callable, cfg: Config,
                   replicas: Replicas | None = None) -> Batch:
-    """pi_old's log-probs and V(s) for the whole rollout in one pass, V of the successor
-    states for the bootstraps, then GAE once, before any epoch."""
+    """pi_old's log-probs and V(s) for the whole rollout in one pass (or as the policy
+    recorded them while acting), V of the successor states for the bootstraps, then GAE
+    once, before any epoch."""
     steps, n = rollout.rewards.shape
-    obs = rollout.obs.reshape(steps * n, -1)
+    obs = obs_flatten(rollout.obs, 2)
     actions = rollout.actions.reshape(steps * n, -1)
     masks = None if rollout.masks is None else rollout.masks.reshape(steps * n, -1)
     keep = np.flatnonzero(rollout.valid.reshape(-1))
     if replicas is not None:
         # Every rank must take as many minibatch steps: all train on the shortest batch.
         keep = keep[: replicas.min(len(keep))]
-    logp_old, value = evaluate(obs, actions, masks)
-    inputs = GaeInputs(obs, np.concatenate([rollout.last_obs, rollout.final_obs]),
+    if rollout.logp is not None:
+        logp_old, value = rollout.logp.reshape(-1), rollout.values.reshape(-1)
+    else:
+        logp_old, value = evaluate(obs, actions, masks)
+    inputs = GaeInputs(obs, obs_concat([rollout.last_obs, rollout.final_obs]),
                        rollout.rewards, rollout.terminated, rollout.episode_end,
                        rollout.final_steps, keep)
-    advantages, returns, explained = targets(inputs, value, values(inputs.successors), cfg,
-                                             replicas)
-    return Batch(obs[keep], actions[keep], None if masks is None else masks[keep],
-                 logp_old[keep], value[keep], advantages, returns, explained, inputs)
+    successor_values = (values(inputs.successors) if rollout.successor_values is None
+                        else rollout.successor_values)
+    advantages, returns, explained = targets(inputs, value, successor_values, cfg, replicas)
+    return Batch(obs_take(obs, keep), actions[keep], None if masks is None else masks[keep],
+                 logp_old[keep], value[keep], advantages, returns, explained, inputs,
+                 rollout.sequences)
 
 
 def targets(inputs: GaeInputs, values: np.ndarray, successor_values: np.ndarray, cfg: Config,

@@ -20,7 +20,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.vector import VectorEnv
+from gymnasium.vector import AutoresetMode, VectorEnv
 from threadpoolctl import threadpool_limits
 
 from ppo import checkpoint
@@ -35,9 +35,10 @@ from ppo.metrics import MetricsLogger, tracking_sinks
 from ppo.networks import ActorCritic, FeaturesExtractor, Network, build
 from ppo.normalization import ObsNormalizer, RewardScaler
 from ppo.policy import make_policy
+from ppo.recurrent import recurrent_state, state_arrays
 from ppo.rollout import Collector
 from ppo.signals import Interrupted, StopSignals
-from ppo.spaces import ActionSpec, ObsEncoder
+from ppo.spaces import ActionSpec, ObsEncoder, obs_len
 
 # learn(callback=...): called with each update's metrics row and the agent; False stops.
 Callback = Callable[[dict[str, Any], "PPO"], bool | None]
@@ -90,19 +91,32 @@ class PPO:
                   "not shown to the networks", file=sys.stderr)
         if features_extractor is None and network is None:
             try:  # before the networks and buffers are allocated
-                check_memory(cfg, self.encoder.width, self.action_spec.num_params)
+                # Images are stored a byte a pixel: as float32 columns, a fourth of that.
+                image_bytes = sum(int(np.prod(shape))
+                                  for shape in self.encoder.image_shapes().values())
+                check_memory(cfg, self.encoder.width + -(-image_bytes // 4),
+                             self.action_spec.num_params)
             except ConfigError:
                 self.envs.close()
                 raise
-        self.model = build(self.encoder.width, self.action_spec, cfg, features_extractor,
+        self.model = build(self.encoder, self.action_spec, cfg, features_extractor,
                            network).to(self.device)
         if cfg.algo == "trpo" and (type(self.model) is not ActorCritic
                                    or self.model.encoder is not None):
-            raise ConfigError("algo trpo needs the built-in actor and critic networks")
+            raise ConfigError("algo trpo needs the built-in MLP actor and critic networks "
+                              "(vector observations, policy mlp)")
+        recurrent = hasattr(self.model, "initial_state")
+        if recurrent and self.replicas is not None:
+            raise ConfigError("policy lstm trains in one process; distributed training takes "
+                              "feed-forward policies")
+        if recurrent and self.envs.metadata.get("autoreset_mode") == AutoresetMode.NEXT_STEP:
+            raise ConfigError("policy lstm needs envs reset on the step their episode ends "
+                              "(Gymnasium's AutoresetMode.SAME_STEP)")
         self.custom_network = features_extractor is not None or network is not None
         self.learner = make_learner(cfg, self.model, self.replicas)
+        # Images are never normalized: without vector parts there is nothing to normalize.
         self.obs_normalizer = (ObsNormalizer(self.encoder.normalized_columns, cfg.obs_clip)
-                               if cfg.normalize_obs else None)
+                               if cfg.normalize_obs and self.encoder.width else None)
         reward_scaler = (RewardScaler(cfg.num_envs, cfg.gamma, cfg.reward_clip)
                          if cfg.normalize_reward else None)
         # Separate streams, so that changing one use of randomness leaves the others alone.
@@ -269,7 +283,12 @@ class PPO:
         """Action(s) for one raw observation or a batch, with observation normalization
         applied (frozen), and the recurrent state (None: this policy has none).
         `action_masks`: the valid actions, as the env gives them (masked policies); `rng`:
-        the stream sampled actions draw from (default: the agent's own)."""
+        the stream sampled actions draw from (default: the agent's own).
+
+        A recurrent policy (policy lstm) takes `state` as it returned it last time (None: a
+        fresh one) and `episode_start`, a bool per observation, True where it begins an
+        episode (its state is reset first); it returns the state after the step, as
+        Stable-Baselines3's RecurrentPPO does."""
         one = self.encoder.batch_of_one(obs)
         x = self.encoder(obs if one is None else one)
         if not len(x):
@@ -278,10 +297,19 @@ class PPO:
             raise ValueError("predict: obs holds NaN or Inf")
         if self.obs_normalizer is not None:
             x = self.obs_normalizer(x)
-        mask = None if action_masks is None else np.asarray(action_masks, bool).reshape(len(x), -1)
-        flat = self.policy.act(x, rng or self.action_rng, deterministic, mask)
+        n = obs_len(x)
+        mask = None if action_masks is None else np.asarray(action_masks, bool).reshape(n, -1)
+        rng = rng or self.action_rng
+        if self.policy.recurrent:
+            flat, state = self.policy.act_recurrent(
+                x, rng, deterministic, mask, recurrent_state(self.policy, state, n),
+                np.zeros(n, bool) if episode_start is None else
+                np.asarray(episode_start, bool).reshape(n))
+            state = state_arrays(state)
+        else:
+            flat, state = self.policy.act(x, rng, deterministic, mask), None
         actions = self.action_spec.to_env(flat)
-        return (actions if one is None else self.action_spec.one_env(actions, 0)), None
+        return (actions if one is None else self.action_spec.one_env(actions, 0)), state
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:
@@ -308,6 +336,11 @@ class PPO:
         # A file's own idea of where its run lives is never trusted with writes: a loaded
         # agent writes nowhere unless given a run_dir (resume passes the directory it read).
         stored = {k: v for k, v in meta["config"].items() if k != "run_dir"}
+        if "num_envs" in overrides and "minibatch_size" not in overrides:
+            # Fewer envs (ppo eval's one): a minibatch no larger than the smaller rollout.
+            rollout = stored.get("rollout_steps", Config.rollout_steps) * overrides["num_envs"]
+            overrides["minibatch_size"] = min(
+                stored.get("minibatch_size", Config.minibatch_size), rollout)
         agent = cls(checkpoint.config_of(stored, overrides, path), env=env, verbose=verbose,
                     features_extractor=features_extractor, network=network)
         checkpoint.restore(agent, tensors, meta, path)

@@ -80,8 +80,10 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    # clone(): parameters may be views of one shared buffer, which safetensors refuses.
-    tensors = {k: v.detach().cpu().clone() for k, v in tensors.items()}
+    # clone(): parameters may be views of one shared buffer, or laid out channels-last
+    # (convolutions), which safetensors refuses.
+    tensors = {k: v.detach().cpu().clone(memory_format=torch.contiguous_format)
+               for k, v in tensors.items()}
     meta_json = json.dumps(meta)
     header = {"format": FORMAT, "sha256": _digest(tensors), "meta": meta_json,
               "meta_sha256": hashlib.sha256(meta_json.encode()).hexdigest()}
@@ -247,6 +249,13 @@ class Nullable(NamedTuple):
     schema: Any
 
 
+class Absent(NamedTuple):
+    """A key of an object that may be missing (written since a later version), else a value
+    matching `schema`."""
+
+    schema: Any
+
+
 class MapOf(NamedTuple):
     """An object whose keys are strings and whose values match `values`."""
 
@@ -270,6 +279,7 @@ META_SCHEMA = {
     "config": dict, "update": Int(), "global_step": Int(), "best_eval_return": Nullable(Num()),
     "lr": Num(0.0), "nonfinite_streak": Int(),
     "episodes": Int(), "recent_episodes": [(Num(), Int())], "episode_info": MapOf([Num()]),
+    "episodes_from_info": Absent(bool),
     "collector": OneOf(({}, {"env_seeds": [Int()], "episodes": [Int()]})),
     "rng": {"action": RNG_STATE, "shuffle": RNG_STATE},
     "spaces": {"observation": str, "action": str}, "custom_network": bool, "saved_at": str,
@@ -292,12 +302,15 @@ def schema_problem(value: Any, schema: Any, where: str) -> str | None:
     if isinstance(schema, dict):
         if not isinstance(value, dict):
             return f"{name} is {_json_kind(value)}, not an object"
-        missing, extra = sorted(set(schema) - set(value)), sorted(set(value) - set(schema))
+        required = {key for key, sub in schema.items() if not isinstance(sub, Absent)}
+        missing, extra = sorted(required - set(value)), sorted(set(value) - set(schema))
         if missing or extra:
             return f"{name} " + (f"lacks {', '.join(missing)}" if missing else
                                  f"has unexpected key(s) {', '.join(map(str, extra[:3]))}")
-        return next((p for key, sub in schema.items()
-                     if (p := schema_problem(value[key], sub, _join(where, key)))), None)
+        return next((p for key, sub in schema.items() if key in value
+                     if (p := schema_problem(value[key], getattr(sub, "schema", sub)
+                                             if isinstance(sub, Absent) else sub,
+                                             _join(where, key)))), None)
     if isinstance(schema, Int):
         ok = (isinstance(value, int) and not isinstance(value, bool) and value >= schema.low
               and (schema.high is None or value <= schema.high))
@@ -497,13 +510,20 @@ def _collector_problem(tensors: Mapping[str, torch.Tensor],
     n = len(collector["env_seeds"])
     if len(collector["episodes"]) != n:
         return "collector.env_seeds and collector.episodes differ in length"
-    required = {"obs", "episode_returns", "episode_lengths", *(f"actions.{i}" for i in range(n))}
+    # A dict observation (images beside vectors) is held as obs.<key>, one tensor per key.
+    obs = sorted(k for k in held if k.startswith("obs.")) or ["obs"]
+    required = {*obs, "episode_returns", "episode_lengths", *(f"actions.{i}" for i in range(n))}
     if missing := sorted(required - set(held)):
         return f"it lacks tensor collector.{missing[0]}"
-    if extra := sorted(set(held) - required - {"discounted_return", "mask"}):
+    recurrent = {"lstm_h", "lstm_c", "starts"}
+    if extra := sorted(set(held) - required - {"discounted_return", "mask", *recurrent}):
         return f"it holds unexpected tensor(s) collector.{', collector.'.join(extra[:3])}"
-    for name in ("obs", "episode_returns", "episode_lengths", "discounted_return", "mask"):
+    for name in (*obs, "episode_returns", "episode_lengths", "discounted_return", "mask",
+                 "starts"):
         if name in held and (held[name].ndim == 0 or held[name].shape[0] != n):
+            return f"tensor collector.{name} has shape {list(held[name].shape)}, not {n} envs'"
+    for name in ("lstm_h", "lstm_c"):  # (layers, envs, hidden)
+        if name in held and (held[name].ndim != 3 or held[name].shape[1] != n):
             return f"tensor collector.{name} has shape {list(held[name].shape)}, not {n} envs'"
     return None
 

@@ -43,6 +43,7 @@ INT_RANGES = {
     "checkpoint_every": (1, MAX_COUNT),
     "eval_every": (1, MAX_COUNT),
     "eval_episodes": (1, 10**6),
+    "lstm_hidden_size": (1, 100_000),
 }
 # (low, high, low excluded) of the float settings; every one must also be finite.
 FLOAT_RANGES = {
@@ -166,6 +167,22 @@ class Config:
         "loss or gradient (each one is skipped, not applied)."
     )
 
+    policy: str = _net(
+        "auto",
+        "Network kind: mlp (vector observations into MLPs), cnn (images through the Nature "
+        "CNN of Mnih et al. 2015, other parts alongside, then the MLPs), lstm (an LSTM over "
+        "the MLP or CNN features, its state carried through episodes) or auto (cnn for image "
+        "observations, else mlp).",
+        choices=("auto", "mlp", "cnn", "lstm"),
+    )
+    lstm_hidden_size: int = _net(128, "policy lstm: width of the LSTM's hidden state.")
+    precision: str = _net(
+        "float32",
+        "Arithmetic of the image encoder (CNN): float32, or bfloat16 (autocast; weights, "
+        "Adam, the MLPs and the losses stay float32), ~1.8x faster on CPUs with AVX512-BF16 "
+        "or AMX and on recent GPUs.",
+        choices=("float32", "bfloat16"),
+    )
     hidden_sizes: list[int] = _net(
         [64, 64], "Hidden layer widths of each MLP (none: the heads act on the features).")
     actor_hidden_sizes: list[int] | None = _net(
@@ -174,7 +191,8 @@ class Config:
     critic_hidden_sizes: list[int] | None = _net(
         None, "Hidden widths of the critic when the networks are separate (default: hidden_sizes)."
     )
-    activation: str = _net("tanh", "Hidden-layer activation.", choices=("tanh", "relu"))
+    activation: str = _net("tanh", "Hidden-layer activation (gelu: the torch learner only).",
+                           choices=("tanh", "relu", "gelu"))
     shared_trunk: bool = _net(
         True, "One trunk for policy and value; learns LunarLander faster than two networks "
         "(measured, README). --no-shared-trunk for separate actor and critic networks."
@@ -308,7 +326,23 @@ class Config:
             raise ConfigError("learner numpy runs on the CPU only; use learner torch with cuda")
         if self.algo == "trpo":
             self._validate_trpo()
+        if self.policy == "lstm":
+            self._validate_recurrent()
         return self
+
+    def _validate_recurrent(self) -> None:
+        # Minibatches are whole env sequences, so that the LSTM sees each from its stored state.
+        if self.algo == "trpo":
+            raise ConfigError("policy lstm trains with algo ppo only, not trpo")
+        if self.minibatch_size % self.rollout_steps:
+            raise ConfigError(
+                f"policy lstm trains on whole env sequences: minibatch_size must be a multiple "
+                f"of rollout_steps ({self.rollout_steps}), got {self.minibatch_size}")
+        if self.advantages_per_epoch:
+            raise ConfigError("the ablation advantages_per_epoch takes feed-forward policies")
+        if self.vector == "native":
+            raise ConfigError("policy lstm needs envs reset on the step their episode ends: "
+                              "use vector sync or async, not native")
 
     def _validate_trpo(self) -> None:
         # The natural-gradient step moves the actor alone: a shared trunk would move the
@@ -459,8 +493,9 @@ def estimate_memory(cfg: Config, obs_width: int, action_width: int) -> MemoryEst
                   cfg.critic_hidden_sizes or cfg.hidden_sizes]
     params = 0
     for widths in trunks:
+        layers = [obs_width, *widths]  # no widths: no layers (heads on the features)
         params += sum((n_in + 1) * n_out
-                      for n_in, n_out in zip([obs_width, *widths[:-1]], widths, strict=True))
+                      for n_in, n_out in zip(layers[:-1], layers[1:], strict=True))
     last = [widths[-1] if widths else obs_width for widths in trunks]
     params += (last[0] + 1) * action_width + (last[-1] + 1) + action_width  # heads, log std
     # Observations are held three times (rollout, learner batch, minibatch gathers); the
@@ -520,14 +555,19 @@ def _gb(n: int) -> str:
 def named_imports(values: Mapping[str, Any]) -> dict[str, str]:
     """What a config's values would make ppo import, as {'module:...' path: how to name it
     yourself}: an env id with a module part ('module:Class' or 'module:Id'), and each
-    wrapper path."""
+    wrapper path. ppo's own modules (ppo.wrappers, ppo.atari) are not counted: importing
+    them runs nothing that running ppo does not."""
+    def foreign(path: str) -> bool:
+        module = path.partition(":")[0]
+        return module != "ppo" and not module.startswith("ppo.")
+
     found = {}
     env_id = values.get("env_id")
-    if isinstance(env_id, str) and ":" in env_id:
+    if isinstance(env_id, str) and ":" in env_id and foreign(env_id):
         found[env_id] = f"--env {env_id} (in Python: env_id={env_id!r})"
     for entry in values.get("wrappers") or []:
         path = entry.get("path") if isinstance(entry, dict) else entry
-        if isinstance(path, str):
+        if isinstance(path, str) and foreign(path):
             found[path] = f"--wrapper {path} (in Python: wrappers=[{path!r}])"
     return found
 

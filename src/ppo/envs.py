@@ -248,8 +248,10 @@ def make_vector_env(cfg: Config, source: EnvSource | None = None) -> VectorEnv:
     else:
         spec = env_spec(cfg.env_id)
         if mode == "auto":
+            # A recurrent policy resets its state on the step an episode ends (same-step
+            # resets); native vector envs reset on the next one.
             native = (spec.vector_entry_point is not None and cfg.num_envs >= NATIVE_MIN_ENVS
-                      and not cfg.wrappers)
+                      and not cfg.wrappers and cfg.policy != "lstm")
             mode = "native" if native else "sync"
         if mode == "native":
             if spec.vector_entry_point is None:

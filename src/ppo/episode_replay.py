@@ -32,8 +32,15 @@ class ReplayableEpisodes(gym.Wrapper):
         self.env_seed: int | None = None
         self.episode = 0
         self.actions: list[Any] | None = []
+        # A wrapper whose episodes are not whole env episodes (Atari's life loss) says
+        # `replays_episodes = False`: its envs are seeded once and never replayed. (Seeding
+        # an ALE game reloads its ROM, ~0.1 s.)
+        self.enabled = not (env.has_wrapper_attr("replays_episodes")
+                            and not env.get_wrapper_attr("replays_episodes"))
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        if not self.enabled:
+            return self.env.reset(seed=seed, options=options)
         if seed is not None:
             self.env_seed, self.episode = seed, 0
         else:
@@ -43,7 +50,7 @@ class ReplayableEpisodes(gym.Wrapper):
         return self.env.reset(seed=seed, options=options)
 
     def step(self, action):
-        if self.actions is not None:
+        if self.enabled and self.actions is not None:
             self.actions.append(action)
             if len(self.actions) > MAX_RECORDED_STEPS:
                 self.actions = None
@@ -52,7 +59,7 @@ class ReplayableEpisodes(gym.Wrapper):
     def snapshot(self) -> dict[str, Any] | None:
         """Where this env stands: None when its episode can't be replayed. Dict and Tuple
         actions are stored flattened (gymnasium.spaces.flatten)."""
-        if self.env_seed is None or self.actions is None:
+        if not self.enabled or self.env_seed is None or self.actions is None:
             return None
         space = self.action_space
         if self._composite:

@@ -30,18 +30,30 @@ def _mask(env: gym.Env, info: dict[str, Any]) -> Any:
 def run_episode(agent: PPO, env: gym.Env, deterministic: bool, seed: int,
                 on_step: Any = None, rng: np.random.Generator | None = None) -> float:
     """The undiscounted return of one episode; `on_step(env)` is called before each step;
-    sampled actions draw from `rng` (default: the agent's own stream)."""
+    sampled actions draw from `rng` (default: the agent's own stream). A recurrent policy's
+    state is carried from step to step. An env that reports its episodes itself
+    (RecordEpisodeStatistics, as the Atari pipeline does below its life-loss wrapper) plays
+    on through the training episodes it ends early, and its reported return counts: the
+    whole game's score."""
     obs, info = env.reset(seed=seed)
-    total, done = 0.0, False
-    while not done:
+    reports = env.has_wrapper_attr("return_queue")
+    total, state, start = 0.0, None, True
+    while True:
         if on_step is not None:
             on_step(env)
-        action, _ = agent.predict(obs, deterministic=deterministic,
-                                  action_masks=_mask(env, info), rng=rng)
+        action, state = agent.predict(obs, state, episode_start=[start],
+                                      deterministic=deterministic,
+                                      action_masks=_mask(env, info), rng=rng)
         obs, reward, terminated, truncated, info = env.step(action)
         total += float(reward)
-        done = terminated or truncated
-    return total
+        start = terminated or truncated
+        if not start:
+            continue
+        if "episode" in info:
+            return float(info["episode"]["r"])
+        if not reports:
+            return total
+        obs, info = env.reset()  # a life lost: the game goes on
 
 
 def evaluate(agent: PPO, episodes: int, deterministic: bool, seed: int) -> np.ndarray:

@@ -24,7 +24,8 @@ from ppo.stats import iqm, iqm_estimate
 # Solved: the mean return over the last WINDOW episodes beats the env's threshold (Gymnasium's
 # reward_threshold for CartPole-v1 and LunarLander-v3; Pendulum-v1 has none, -300 is this
 # project's), counted once WINDOW episodes have ended.
-SOLVED = {"LunarLander-v3": 200.0, "CartPole-v1": 475.0, "Pendulum-v1": -300.0}
+SOLVED = {"LunarLander-v3": 200.0, "CartPole-v1": 475.0, "Pendulum-v1": -300.0,
+          "ppo.wrappers:CartPoleNoVelocity-v1": 475.0, "ALE/Breakout-v5": 15.0}
 WINDOW = 100
 MUJOCO = ["HalfCheetah-v5", "Hopper-v5", "Walker2d-v5", "InvertedPendulum-v5", "Humanoid-v5"]
 
@@ -96,6 +97,22 @@ EXPERIMENTS = {
         "differs.",
         {"ppo": {"algo": "ppo"}, "trpo": {"algo": "trpo"}},
         steps=1_000_000, base={"preset": "mujoco"}, tasks=MUJOCO),
+    "breakout": Experiment(
+        "Atari Breakout with the standard pipeline and settings (preset atari: CleanRL's "
+        "ppo_atari, Huang et al. 2022), 1M steps (4M frames); the return is the game score "
+        "over all lives. Random play scores about 1.7 (Mnih et al. 2015).",
+        {"ppo": {}}, seeds=2, steps=1_000_000,
+        base={"preset": "atari", "env_id": "ALE/Breakout-v5"}),
+    "carracing": Experiment(
+        "CarRacing-v3 from pixels, continuous actions, with its shipped settings "
+        "(settings/CarRacing-v3.toml).",
+        {"ppo": {}}, seeds=1, steps=500_000,
+        base={"env_id": "CarRacing-v3", "checkpoint_every": 2}, defaults="task"),
+    "memory": Experiment(
+        "CartPole without its velocities (ppo.wrappers:CartPoleNoVelocity-v1): an LSTM policy "
+        "against an MLP on the same observation and settings (the RL Zoo's for RecurrentPPO).",
+        {"lstm": {"policy": "lstm"}, "mlp": {"policy": "mlp"}}, seeds=3, steps=300_000,
+        base={"env_id": "ppo.wrappers:CartPoleNoVelocity-v1"}, defaults="task"),
 }
 
 

@@ -10,7 +10,7 @@ from ppo.config import ConfigError
 # Extra -> the modules it installs that the feature imports.
 EXTRAS = {
     "video": ("imageio", "imageio_ffmpeg"),
-    "atari": ("ale_py",),
+    "atari": ("ale_py", "cv2"),
     "mujoco": ("mujoco",),
     "wandb": ("wandb",),
     "tune": ("optuna",),

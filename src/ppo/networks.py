@@ -2,6 +2,10 @@
 source of truth: checkpoints hold its weights, and the NumPy fast path (numpy_network.py)
 computes with views of the same memory where it supports the network.
 
+`policy` picks the kind: mlp (vectors into MLPs), cnn (images through the Nature CNN,
+encoders.py, other parts alongside, then the MLPs) or lstm (an LSTM over those features,
+recurrent.py); auto is cnn where the observation holds an image, else mlp.
+
 From Python a user can bring a feature extractor (`features_extractor(obs_width) -> Module`,
 its output feeding the MLPs) or a whole network (`network(obs_width, action_spec) -> Module`
 whose forward returns the distribution parameters and the value); see `build`.
@@ -12,14 +16,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
+from gymnasium import spaces
 from torch import Tensor, nn
 
 from ppo import distributions, sde
 from ppo.config import Config, ConfigError
-from ppo.spaces import ActionSpec
+from ppo.encoders import MultiInputEncoder, NatureCNN
+from ppo.spaces import ActionSpec, ObsEncoder, obs_tensor
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
 
 
 def _layer(n_in: int, n_out: int, gain: float | None) -> nn.Linear:
@@ -41,7 +48,10 @@ def mlp(n_in: int, sizes: list[int], activation: str, ortho_init: bool) -> nn.Se
 
 
 def _width(module: nn.Module, obs_width: int) -> int:
-    """The output width of a module taking (N, obs_width) inputs, found by a dry run."""
+    """The output width of a module: its `features_dim`, or found by a dry run on
+    (1, obs_width) inputs."""
+    if hasattr(module, "features_dim"):
+        return int(module.features_dim)
     with torch.no_grad():
         return int(module(torch.zeros(1, obs_width)).shape[-1])
 
@@ -59,6 +69,7 @@ class ActorCritic(nn.Module):
         self.action_spec = action_spec
         self.activation = cfg.activation
         self.encoder = encoder
+        self.bfloat16 = cfg.precision == "bfloat16"
         width = obs_width if encoder is None else _width(encoder, obs_width)
         def sizes(own: list[int] | None) -> list[int]:
             return cfg.hidden_sizes if own is None or cfg.shared_trunk else own
@@ -81,7 +92,13 @@ class ActorCritic(nn.Module):
                         if action_spec.log_std_size else None)
 
     def _features(self, obs: Tensor) -> Tensor:
-        return obs if self.encoder is None else self.encoder(obs)
+        if self.encoder is None:
+            return obs
+        if not self.bfloat16:
+            return self.encoder(obs)
+        device = self.policy_head.weight.device.type
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return self.encoder(obs).float()
 
     def _outputs(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The actor's latent features (the policy head's input), the distribution
@@ -169,22 +186,65 @@ FeaturesExtractor = Callable[[int], nn.Module]
 Network = Callable[[int, ActionSpec], nn.Module]
 
 
-def build(obs_width: int, action_spec: ActionSpec, cfg: Config,
+def policy_kind(policy: str, obs: ObsEncoder) -> str:
+    """mlp, cnn or lstm: `policy` as asked, auto resolved from the observation space;
+    ConfigError for a policy that does not fit the observations."""
+    if policy == "auto":
+        return "cnn" if obs.images else "mlp"
+    if policy == "cnn" and not obs.images:
+        raise ConfigError("--policy cnn needs image observations (uint8 Box of at least "
+                          f"{NatureCNN.min_size()}x{NatureCNN.min_size()} pixels); this "
+                          "env's are vectors: use --policy mlp")
+    if policy == "mlp" and obs.images:
+        raise ConfigError(f"observation {', '.join(obs.images)} is an image: use --policy cnn "
+                          "(or auto, or lstm)")
+    return policy
+
+
+def image_encoder(obs: ObsEncoder, cfg: Config) -> nn.Module | None:
+    """The Nature CNN for an image batch, one per image beside the vector parts for a dict
+    batch; None without images."""
+    if not obs.images:
+        return None
+    shapes = obs.image_shapes()
+    if not obs.mixed:
+        (key, shape), = shapes.items()
+        return NatureCNN(shape, cfg.ortho_init, key)
+    return MultiInputEncoder(shapes, obs.width, cfg.ortho_init)
+
+
+def build(obs: ObsEncoder | int, action_spec: ActionSpec, cfg: Config,
           features_extractor: FeaturesExtractor | None = None,
           network: Network | None = None) -> ActorCritic:
-    """The network the config describes, around a user's feature extractor or in place of
-    a user's whole network; checks that a user's network's outputs fit the action space."""
+    """The network the config describes (its `policy` kind), around a user's feature
+    extractor or in place of a user's whole network; checks that a user's network's
+    outputs fit the action space. `obs`: the observations' encoder, or the width of plain
+    vector observations."""
     if cfg.use_sde and action_spec.discrete:
         raise ConfigError("use_sde needs continuous actions")
+    if isinstance(obs, int):
+        obs = ObsEncoder(spaces.Box(-np.inf, np.inf, (obs,), np.float32))
+    obs_width = obs.width
+    if network is None and features_extractor is None:
+        kind = policy_kind(cfg.policy, obs)
+        if kind == "lstm":
+            from ppo.recurrent import RecurrentActorCritic
+
+            if cfg.use_sde:
+                raise ConfigError("use_sde takes feed-forward policies, not policy lstm")
+            return RecurrentActorCritic(obs_width, action_spec, cfg, image_encoder(obs, cfg))
+        return ActorCritic(obs_width, action_spec, cfg, image_encoder(obs, cfg))
+    if cfg.policy == "lstm":
+        raise ConfigError("policy lstm builds its own network; a user's feature extractor or "
+                          "network is feed-forward")
     if network is None:
-        encoder = None if features_extractor is None else features_extractor(obs_width)
-        return ActorCritic(obs_width, action_spec, cfg, encoder)
+        return ActorCritic(obs_width, action_spec, cfg, features_extractor(obs_width))
     if cfg.use_sde:
         raise ConfigError("use_sde needs the built-in actor network (its noise is a function "
                           "of the actor's last hidden layer)")
     model = CustomActorCritic(network(obs_width, action_spec), action_spec, cfg)
     with torch.no_grad():
-        params, value = model(torch.zeros(2, obs_width))
+        params, value = model(obs_tensor(obs.zeros(2), "cpu"))
     if params.shape != (2, action_spec.num_params) or value.shape != (2,):
         raise ConfigError(
             f"the network's forward must return (params of shape (N, "

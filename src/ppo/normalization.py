@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ppo.spaces import Obs, vector_part, with_vector
+
 
 class RunningMeanStd:
     """Mean and variance of a stream of batches (parallel algorithm of Chan et al.)."""
@@ -34,13 +36,18 @@ class RunningMeanStd:
 
 class ObsNormalizer:
     """(obs - mean) / std, clipped, on the columns where it makes sense (not one-hot or binary
-    ones); `stats.update` is called only on training data."""
+    ones, nor images); `stats.update` is called only on training data, with the vector parts."""
 
     def __init__(self, columns: np.ndarray, clip: float) -> None:
         self.stats, self.clip = RunningMeanStd((len(columns),)), clip
         self.columns = None if columns.all() else columns
 
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
+    def __call__(self, obs: Obs) -> Obs:
+        if isinstance(obs, dict):
+            return with_vector(obs, self._scale(vector_part(obs)))
+        return self._scale(obs)
+
+    def _scale(self, obs: np.ndarray) -> np.ndarray:
         scaled = (obs - self.stats.mean) / np.sqrt(self.stats.var + 1e-8)
         scaled = np.clip(scaled, -self.clip, self.clip).astype(np.float32)
         return scaled if self.columns is None else np.where(self.columns, scaled, obs)

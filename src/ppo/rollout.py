@@ -4,6 +4,10 @@ Gymnasium 1.x vector envs reset a finished sub-env either on the same step (SAME
 final observation arrives in info["final_obs"]) or on the next one (NEXT_STEP: the step after
 an episode ends is a reset whose action is ignored). Both are handled: a transition never
 crosses a reset, and a NEXT_STEP reset step is marked invalid so it is never trained on.
+
+A recurrent policy's state is carried from step to step and across rollouts, reset where an
+episode starts; the rollout keeps the state it started from, so that the learner can run the
+LSTM over each env's sequence again.
 """
 
 from __future__ import annotations
@@ -14,36 +18,71 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import concatenate, create_empty_array
 
 from ppo.envs import EnvError, EnvValueError, EnvWorkerError
 from ppo.normalization import ObsNormalizer, RewardScaler
 from ppo.policy import Policy
-from ppo.spaces import ActionSpec, ObsEncoder, ObservationError
+from ppo.spaces import (
+    ActionSpec,
+    Obs,
+    ObsEncoder,
+    ObservationError,
+    obs_arrays,
+    obs_concat,
+    obs_copy,
+    obs_empty,
+    obs_equal,
+    obs_from_arrays,
+    obs_set,
+    vector_part,
+)
 
 LAST_CHECKPOINT = "the last checkpoint is intact, resume with --resume"
 
 
 @dataclass
-class Rollout:
-    """T steps of N envs. Observations are as the policy saw them (normalized if enabled)."""
+class Sequences:
+    """What a recurrent learner needs to run the LSTM over the rollout again: its state at
+    the rollout's start and where episodes start."""
 
-    obs: np.ndarray  # (T, N, width) float32
+    initial_state: Any  # the policy's state before step 0, for the N envs
+    starts: np.ndarray  # (T, N) bool: the observation at t begins an episode
+
+
+@dataclass
+class Rollout:
+    """T steps of N envs. Observations are as the policy saw them (normalized if enabled);
+    images stay uint8."""
+
+    obs: Obs  # (T, N, width) float32, (T, N, *image) uint8, or a dict of such
     actions: np.ndarray  # (T, N, columns) as sampled (Gaussian ones unclipped)
     rewards: np.ndarray  # (T, N) float32, scaled if reward scaling is on
     terminated: np.ndarray  # (T, N) bool: no bootstrap
     episode_end: np.ndarray  # (T, N) bool: terminated or truncated, GAE is cut here
     valid: np.ndarray  # (T, N) bool: False on NEXT_STEP reset steps
-    last_obs: np.ndarray  # (N, width): s_T, the bootstrap observation
+    last_obs: Obs  # (N, ...): s_T, the bootstrap observation
     final_steps: tuple[np.ndarray, np.ndarray]  # (t, n) of SAME_STEP episode ends
-    final_obs: np.ndarray  # (F, width): the true successor at those steps
+    final_obs: Obs  # (F, ...): the true successor at those steps
     masks: np.ndarray | None = None  # (T, N, mask width) bool: the valid actions, if masked
+    # Recorded while acting by policies that compute them anyway (torch ones):
+    logp: np.ndarray | None = None  # (T, N) pi_old's log-probs of the actions taken
+    values: np.ndarray | None = None  # (T, N) V(s)
+    # Recurrent policies: V(last_obs) then V(final_obs), each with the state of its env then.
+    successor_values: np.ndarray | None = None
+    sequences: Sequences | None = None
 
 
 class EpisodeStats:
     """Undiscounted returns and lengths of finished episodes, from raw env rewards, and the
-    numbers their envs reported in `info` at the end (e.g. is_success)."""
+    numbers their envs reported in `info` at the end (e.g. is_success).
+
+    Envs wrapped in Gymnasium's RecordEpisodeStatistics report each episode's return and
+    length themselves (`info["episode"]`); once they do, those are the episodes counted. An
+    Atari env puts it below the wrappers that end a training episode at a life loss and clip
+    rewards, so what it reports is the game: its score over all lives."""
 
     def __init__(self, num_envs: int, window: int = 100) -> None:
         self.returns = np.zeros(num_envs, np.float64)
@@ -52,24 +91,32 @@ class EpisodeStats:
         self.info: dict[str, deque[float]] = {}
         self.episodes = 0
         self.window = window
+        self.from_info = False  # episodes as the envs report them, not as summed here
 
-    def record(self, rewards: np.ndarray, valid: np.ndarray, ended: np.ndarray) -> None:
+    def record(self, rewards: np.ndarray, valid: np.ndarray, ended: np.ndarray,
+               reported: list[tuple[float, int]] | None = None) -> None:
         """Add a rollout's (T, N) raw rewards; finished episodes enter `recent` in the order
         they ended. Steps where valid is False (next-step resets) belong to no episode.
+        `reported`: (return, length) of the episodes the envs reported, in order of ending.
         Once per rollout rather than per step: the per-step version cost ~1.5 us a step."""
+        self.from_info = self.from_info or bool(reported)
         rewards = np.where(valid, rewards, 0.0)
         cum_returns, cum_lengths = np.cumsum(rewards, 0), np.cumsum(valid, 0, dtype=np.int64)
         # Cumulative sums at each env's last episode end within this rollout.
         base_returns = np.zeros_like(self.returns)
         base_lengths = np.zeros_like(self.lengths)
         for t, n in zip(*np.nonzero(ended), strict=True):  # row-major: in order of ending
-            self.recent.append((float(self.returns[n] + cum_returns[t, n] - base_returns[n]),
-                                int(self.lengths[n] + cum_lengths[t, n] - base_lengths[n])))
-            self.episodes += 1
+            if not self.from_info:
+                self.recent.append((float(self.returns[n] + cum_returns[t, n] - base_returns[n]),
+                                    int(self.lengths[n] + cum_lengths[t, n] - base_lengths[n])))
+                self.episodes += 1
             self.returns[n], self.lengths[n] = 0.0, 0
             base_returns[n], base_lengths[n] = cum_returns[t, n], cum_lengths[t, n]
         self.returns += cum_returns[-1] - base_returns
         self.lengths += cum_lengths[-1] - base_lengths
+        if self.from_info:
+            self.recent.extend(reported or [])
+            self.episodes += len(reported or [])
 
     def reset_partial(self) -> None:
         """Forget unfinished episodes (after the envs were reset on resume)."""
@@ -89,10 +136,12 @@ class EpisodeStats:
     def state(self) -> dict[str, Any]:
         """The finished episodes, for a checkpoint's metadata."""
         return {"episodes": self.episodes, "recent_episodes": list(self.recent),
-                "episode_info": {k: list(v) for k, v in self.info.items()}}
+                "episode_info": {k: list(v) for k, v in self.info.items()},
+                "episodes_from_info": self.from_info}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.episodes = state["episodes"]
+        self.from_info = state.get("episodes_from_info", False)
         self.recent.clear()
         self.recent.extend(tuple(e) for e in state["recent_episodes"])
         self.info = {}
@@ -131,8 +180,11 @@ class Collector:
         self.replayable = getattr(envs, "replayable_episodes", False)  # see episode_replay.py
         self.num_envs = envs.num_envs
         self.episodes = EpisodeStats(self.num_envs)
-        self.obs: np.ndarray | None = None
+        self.obs: Obs | None = None
         self.pending_reset = np.zeros(self.num_envs, bool)
+        # A recurrent policy's state, and which envs' current observation starts an episode.
+        self.hidden: Any = None
+        self.starts = np.ones(self.num_envs, bool)
         self.time_env = self.time_act = 0.0
         self._resume: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
         # Invalid-action masking, for categorical heads: from `info["action_mask"]` or an
@@ -156,7 +208,23 @@ class Collector:
         self.pending_reset[:] = False
         self.episodes.reset_partial()
         self._find_masks(info)
+        self._fresh_state()
+        if self._reports_episodes():
+            self.episodes.from_info = True
         return resume is None
+
+    def _fresh_state(self) -> None:
+        if self.policy.recurrent:
+            self.hidden = self.policy.initial_state(self.num_envs)
+            self.starts = np.ones(self.num_envs, bool)
+
+    def _reports_episodes(self) -> bool:
+        """Whether the envs are wrapped in RecordEpisodeStatistics (found once, at reset:
+        an Atari game may take several rollouts to end)."""
+        try:
+            return all(self.envs.call("has_wrapper_attr", "return_queue"))
+        except Exception:  # a user's vector env may not relay calls
+            return False
 
     def _find_masks(self, info: dict[str, Any], stored: np.ndarray | None = None) -> None:
         """Where the envs' action masks come from, and the current ones (`stored`: those a
@@ -203,7 +271,11 @@ class Collector:
             return arrays, meta
         if self.mask is not None:
             arrays["collector.mask"] = self.mask
-        arrays.update({"collector.obs": self.obs,
+        if self.policy.recurrent:
+            arrays.update({"collector.lstm_h": self.hidden.h.cpu().numpy(),
+                           "collector.lstm_c": self.hidden.c.cpu().numpy(),
+                           "collector.starts": self.starts})
+        arrays.update({**obs_arrays("collector.obs", self.obs),
                        "collector.episode_returns": self.episodes.returns,
                        "collector.episode_lengths": self.episodes.lengths})
         if self.reward_scaler is not None:
@@ -239,9 +311,14 @@ class Collector:
             raise self._failure(e, "while restoring episodes") from None
         # The statistics already counted this observation before the checkpoint.
         obs = self._observe(raw, update=False)
-        if not np.array_equal(obs, arrays["obs"]):
+        if not obs_equal(obs, obs_from_arrays("obs", arrays)):
             return False
         self.obs = obs
+        if self.policy.recurrent:
+            state = self.policy.initial_state(n)
+            self.hidden = type(state)(*(torch.as_tensor(arrays[k], device=state.h.device)
+                                       for k in ("lstm_h", "lstm_c")))
+            self.starts = arrays["starts"].copy()
         self._find_masks({}, arrays.get("mask"))
         self.pending_reset[:] = False
         self.episodes.returns[:] = arrays["episode_returns"]
@@ -278,19 +355,21 @@ class Collector:
         self.time_env = self.time_act = 0.0
         return timings
 
-    def _observe(self, raw: Any, update: bool, step: int = -1) -> np.ndarray:
+    def _observe(self, raw: Any, update: bool, step: int = -1) -> Obs:
         """Encoded and normalized observations; with update, the normalization statistics
-        take them in. Non-finite ones stop the run (near global step `step`)."""
+        take them in. Non-finite ones stop the run (near global step `step`). Images are
+        integers: always finite, never normalized."""
         try:
             obs = self.encoder(raw)
         except ObservationError as e:
             raise self._failure(e, f"near global step {step}") from None
-        if not np.isfinite(obs).all():
-            self._non_finite("observation", obs, step)
+        vector = vector_part(obs)
+        if vector is not None and not np.isfinite(vector).all():
+            self._non_finite("observation", vector, step)
         if self.obs_normalizer is None:
             return obs
         if update:
-            self.obs_normalizer.stats.update(obs)
+            self.obs_normalizer.stats.update(vector)
         return self.obs_normalizer(obs)
 
     def _stack(self, observations: list[Any]) -> Any:
@@ -301,8 +380,8 @@ class Collector:
         return concatenate(space, observations, create_empty_array(space, len(observations)))
 
     def collect(self, steps: int, global_step: int) -> Rollout:
-        n, spec = self.num_envs, self.action_spec
-        obs_buf = np.empty((steps, n, self.obs.shape[-1]), np.float32)
+        n, spec, policy = self.num_envs, self.action_spec, self.policy
+        obs_buf = obs_empty(self.obs, (steps, n))
         actions = np.empty((steps, n, spec.columns), spec.dtype)
         raw_rewards = np.empty((steps, n), np.float64)
         rewards = np.empty((steps, n), np.float32)  # as trained on: scaled, if scaling is on
@@ -310,24 +389,36 @@ class Collector:
         episode_end = np.empty((steps, n), bool)
         valid = np.ones((steps, n), bool)
         masks = None if self.mask is None else np.empty((steps, *self.mask.shape), bool)
-        noise = self.policy.noise(self.rng, (steps, n))
+        logp = np.empty((steps, n), np.float32) if policy.records else None
+        values = np.empty((steps, n), np.float32) if policy.records else None
+        sequences = Sequences(self.hidden, np.empty((steps, n), bool)) if policy.recurrent else None
+        noise = policy.noise(self.rng, (steps, n))
         # gSDE: new exploration matrices at the rollout's start, then every sde_sample_freq
         # steps, drawn from the action stream as they are needed.
         resample_every = None if self.sde_sample_freq is None else (
             steps if self.sde_sample_freq == -1 else self.sde_sample_freq)
         finished_info: list[dict[str, float]] = []
+        reported: list[tuple[float, int]] = []
         final_t: list[int] = []
         final_n: list[np.ndarray] = []
-        final_obs: list[np.ndarray] = []
+        final_obs: list[Obs] = []
+        final_values: list[np.ndarray] = []
         clock = time.perf_counter
         for t in range(steps):
             tick = clock()
-            obs_buf[t] = self.obs
+            obs_set(obs_buf, t, self.obs)
             if masks is not None:
                 masks[t] = self.mask
             if resample_every is not None and t % resample_every == 0:
-                self.policy.resample_exploration(self.rng, n)
-            action = self.policy.sample(self.obs, noise[t], self.mask)
+                policy.resample_exploration(self.rng, n)
+            if policy.records:
+                taken = policy.step(self.obs, noise[t], self.mask, self.hidden, self.starts)
+                action, logp[t], values[t] = taken.actions, taken.logp, taken.values
+                if sequences is not None:
+                    sequences.starts[t] = self.starts
+                    self.hidden = taken.state
+            else:
+                action = policy.sample(self.obs, noise[t], self.mask)
             actions[t] = action
             # Gaussian actions are stored as drawn and clipped only on their way to the env.
             env_action = spec.to_env(action)
@@ -349,13 +440,17 @@ class Collector:
             # Same-step resets put the true successors in info; an empty info means none.
             if info and ended.any():
                 idx = np.flatnonzero(ended)
-                finished_info += _numbers(info if self.next_step_reset else
-                                          info.get("final_info", {}), idx)
+                ended_info = info if self.next_step_reset else info.get("final_info", {})
+                finished_info += _numbers(ended_info, idx)
+                reported += _reported_episodes(ended_info, idx)
                 if not self.next_step_reset:
                     final_t.append(t)
                     final_n.append(idx)
                     final_obs.append(self._observe(self._stack(list(info["final_obs"][idx])),
                                                    False, global_step + t * n))
+                    if sequences is not None:  # V(final obs), from the state its env had
+                        final_values.append(policy.values(
+                            final_obs[-1], self.hidden.take(idx), np.zeros(len(idx), bool)))
             # Observations steer the next action, so they are checked at once (in _observe);
             # rewards, once for the whole rollout below.
             self.obs = self._observe(raw_obs, True, global_step + t * n)
@@ -363,22 +458,39 @@ class Collector:
                 self.mask = self._masks(info)
             if self.next_step_reset:
                 self.pending_reset = ended
+            if sequences is not None:
+                self.starts = ended
         if not np.isfinite(raw_rewards).all():
             t = int(np.flatnonzero(~np.isfinite(raw_rewards).all(1))[0])
             self._non_finite("reward", raw_rewards[t], global_step + t * n)
-        self.episodes.record(raw_rewards, valid, episode_end)
+        self.episodes.record(raw_rewards, valid, episode_end, reported)
         self.episodes.record_info(finished_info)
         if final_obs:
             counts = [len(i) for i in final_n]
             steps_idx = (np.repeat(final_t, counts), np.concatenate(final_n))
-            successors = np.concatenate(final_obs)
+            successors = obs_concat(final_obs)
         else:
             steps_idx = (np.zeros(0, np.int64), np.zeros(0, np.int64))
-            successors = np.zeros((0, self.obs.shape[-1]), np.float32)
+            successors = obs_empty(self.obs, (0,))
         if self.reward_scaler is None:
             rewards[:] = raw_rewards
+        successor_values = None
+        if sequences is not None:
+            successor_values = np.concatenate(
+                [policy.values(self.obs, self.hidden, self.starts), *final_values])
         return Rollout(obs_buf, actions, rewards, terminated, episode_end, valid,
-                       self.obs.copy(), steps_idx, successors, masks)
+                       obs_copy(self.obs), steps_idx, successors, masks, logp, values,
+                       successor_values, sequences)
+
+
+def _reported_episodes(info: dict[str, Any], envs: np.ndarray) -> list[tuple[float, int]]:
+    """(return, length) that RecordEpisodeStatistics reported for the envs in `envs`."""
+    episode = info.get("episode")
+    if not isinstance(episode, dict):
+        return []
+    present = info.get("_episode")
+    return [(float(episode["r"][i]), int(episode["l"][i])) for i in envs
+            if present is None or present[i]]
 
 
 def _numbers(info: dict[str, Any], envs: np.ndarray) -> list[dict[str, float]]:

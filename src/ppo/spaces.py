@@ -1,19 +1,28 @@
-"""What the engine makes of Gymnasium spaces: observations as one float vector per step, and
-actions as independent heads (Categorical, diagonal Gaussian, Bernoulli) over flat columns.
+"""What the engine makes of Gymnasium spaces: observations as one float vector per step (plus
+images, kept as uint8), and actions as independent heads (Categorical, diagonal Gaussian,
+Bernoulli) over flat columns.
 
 Observations: Box (flattened), Discrete (one-hot), MultiDiscrete (one-hot per component),
 MultiBinary, and Dict / Tuple of these, nested too, each part encoded by its kind and
-concatenated. Text parts are dropped. Actions: Discrete, Box (float), MultiDiscrete,
-MultiBinary, and Tuple / Dict of these. A rollout stores an action as `columns` numbers: the
-index of each categorical, the value of each Gaussian or Bernoulli dimension.
+concatenated. Text parts are dropped. Images (uint8 Box, see `is_image`) are kept as they
+are, for a CNN that scales them inside the network. A batch of observations (`Obs`) is one
+array, (N, width) float32 for vectors or (N, *shape) uint8 for one image, or a dict of such
+arrays when images come with other parts: "vector" for the concatenated vector parts, one
+key per image. The `obs_*` helpers index, reshape and convert either kind.
+
+Actions: Discrete, Box (float), MultiDiscrete, MultiBinary, and Tuple / Dict of these. A
+rollout stores an action as `columns` numbers: the index of each categorical, the value of
+each Gaussian or Bernoulli dimension.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from gymnasium import spaces
 
 from ppo.config import ConfigError
@@ -24,6 +33,11 @@ ACTION_KINDS = "Discrete, float Box, MultiDiscrete, MultiBinary, and Dict or Tup
 MIN_IMAGE_SIZE = 32
 # Past this many numbers per observation, an MLP's first layer alone needs gigabytes.
 MAX_WIDTH = 2**24
+
+
+VECTOR = "vector"  # the key of the vector parts in a dict batch
+
+Obs = np.ndarray | dict[str, np.ndarray]
 
 
 class ObservationError(ValueError):
@@ -42,6 +56,128 @@ def is_image(space: spaces.Space) -> bool:
     channels_last = shape[2] <= 4 and min(shape[:2]) >= MIN_IMAGE_SIZE
     channels_first = shape[0] <= 4 and min(shape[1:]) >= MIN_IMAGE_SIZE
     return channels_last or channels_first
+
+
+@dataclass(frozen=True)
+class ImageShape:
+    """An image's layout: channels first (C, H, W), channels last (H, W, C), or no channel
+    axis (H, W: one channel)."""
+
+    channels: int
+    height: int
+    width: int
+    channels_last: bool
+    has_channels: bool
+
+
+def image_shape(shape: tuple[int, ...]) -> ImageShape:
+    """Where the channels are, as Stable-Baselines3 decides it: the smallest axis, first
+    when it is the first one, else last."""
+    if len(shape) == 2:
+        return ImageShape(1, shape[0], shape[1], False, False)
+    if int(np.argmin(shape)) == 0:
+        return ImageShape(shape[0], shape[1], shape[2], False, True)
+    return ImageShape(shape[2], shape[0], shape[1], True, True)
+
+
+# ---------------------------------------------------------------------- observation batches
+def obs_map(obs: Obs, fn: Callable[[np.ndarray], Any]) -> Any:
+    """fn applied to the array, or to each array of a dict batch."""
+    return {k: fn(v) for k, v in obs.items()} if isinstance(obs, dict) else fn(obs)
+
+
+def obs_take(obs: Obs, index: Any) -> Obs:
+    """The steps `index` of a batch (any NumPy index along the first axes)."""
+    return obs_map(obs, lambda x: x[index])
+
+
+def obs_flatten(obs: Obs, lead: int) -> Obs:
+    """The first `lead` axes merged into one: (T, N, ...) -> (T * N, ...) for lead 2."""
+    return obs_map(obs, lambda x: x.reshape(-1, *x.shape[lead:]))
+
+
+def obs_unflatten(obs: Obs, lead: tuple[int, ...]) -> Obs:
+    """The first axis split into `lead`: (T * N, ...) -> (T, N, ...)."""
+    return obs_map(obs, lambda x: x.reshape(*lead, *x.shape[1:]))
+
+
+def obs_empty(like: Obs, lead: tuple[int, ...]) -> Obs:
+    """An uninitialized buffer of `lead` steps, each laid out as a step of the batch `like`
+    (same dtypes: images stay uint8)."""
+    return obs_map(like, lambda x: np.empty((*lead, *x.shape[1:]), x.dtype))
+
+
+def obs_set(buffer: Obs, index: Any, obs: Obs) -> None:
+    """buffer[index] = obs, for each array."""
+    if isinstance(buffer, dict):
+        for key, array in buffer.items():
+            array[index] = obs[key]
+    else:
+        buffer[index] = obs
+
+
+def obs_concat(batches: list[Obs]) -> Obs:
+    if isinstance(batches[0], dict):
+        return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+    return np.concatenate(batches)
+
+
+def obs_copy(obs: Obs) -> Obs:
+    return obs_map(obs, np.copy)
+
+
+def obs_len(obs: Obs) -> int:
+    return len(next(iter(obs.values()))) if isinstance(obs, dict) else len(obs)
+
+
+def obs_equal(a: Obs, b: Obs) -> bool:
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(
+            np.array_equal(a[k], b[k]) for k in a)
+    return np.array_equal(a, b)
+
+
+def obs_finite(obs: Obs) -> np.ndarray:
+    """Per step, whether its floating-point parts are all finite (integer images always are)."""
+    def finite(x: np.ndarray) -> np.ndarray:
+        if x.dtype.kind != "f":
+            return np.ones(len(x), bool)
+        return np.isfinite(x.reshape(len(x), -1)).all(1)
+    if isinstance(obs, dict):
+        return np.logical_and.reduce([finite(x) for x in obs.values()])
+    return finite(obs)
+
+
+def vector_part(obs: Obs) -> np.ndarray | None:
+    """The (N, width) float32 vector parts of a batch (None: images only)."""
+    if isinstance(obs, dict):
+        return obs.get(VECTOR)
+    return obs if obs.dtype == np.float32 else None
+
+
+def with_vector(obs: Obs, vector: np.ndarray) -> Obs:
+    """The batch with its vector parts replaced (normalized)."""
+    return {**obs, VECTOR: vector} if isinstance(obs, dict) else vector
+
+
+def obs_tensor(obs: Obs, device: torch.device | str) -> torch.Tensor | dict[str, torch.Tensor]:
+    """The batch as torch tensors on `device` (uint8 images stay uint8: 4x less to move)."""
+    return obs_map(obs, lambda x: torch.as_tensor(x, device=device))
+
+
+def obs_arrays(prefix: str, obs: Obs) -> dict[str, np.ndarray]:
+    """Named arrays of a batch, for a checkpoint: `prefix`, or `prefix.key` for each key."""
+    if isinstance(obs, dict):
+        return {f"{prefix}.{k}": v for k, v in obs.items()}
+    return {prefix: obs}
+
+
+def obs_from_arrays(prefix: str, arrays: dict[str, np.ndarray]) -> Obs | None:
+    """The counterpart of `obs_arrays`; None when the arrays hold no such batch."""
+    if prefix in arrays:
+        return arrays[prefix]
+    found = {k[len(prefix) + 1:]: v for k, v in arrays.items() if k.startswith(prefix + ".")}
+    return found or None
 
 
 def is_text(space: spaces.Space) -> bool:
@@ -75,6 +211,7 @@ class _ObsPart:
     space: spaces.Space
     width: int
     normalize: bool  # real-valued: running mean/std normalization applies
+    image: bool = False
 
 
 def _obs_part(path: str, space: spaces.Space) -> _ObsPart | None:
@@ -82,8 +219,7 @@ def _obs_part(path: str, space: spaces.Space) -> _ObsPart | None:
     if is_text(space):
         return None
     if is_image(space):
-        raise ConfigError(f"observation part {name} is an image {space.shape}: image "
-                          "observations need a CNN, which ppo does not have yet")
+        return _ObsPart(path, space, 0, False, image=True)
     if isinstance(space, spaces.Box):
         return _ObsPart(path, space, int(np.prod(space.shape)), True)
     if isinstance(space, spaces.Discrete):
@@ -100,28 +236,53 @@ def _one_hot(values: np.ndarray, n: int) -> np.ndarray:
     return np.eye(n, dtype=np.float32)[values]
 
 
+def _image_key(part: _ObsPart) -> str:
+    return part.path.lstrip(".") or "image"
+
+
 class ObsEncoder:
-    """A batch of raw observations -> the (N, width) float32 matrix the networks see."""
+    """A batch of raw observations -> what the networks see: the (N, width) float32 matrix of
+    the vector parts, the uint8 image as it is, or a dict of both (see `Obs`)."""
 
     def __init__(self, space: spaces.Space) -> None:
         self.space = space
         found = [(path, sub) for path, sub in _leaves(space, "")]
         self.dropped = [path.lstrip(".") for path, sub in found if is_text(sub)]
-        self.parts = [part for path, sub in found if (part := _obs_part(path, sub)) is not None]
-        if not self.parts:
+        parts = [part for path, sub in found if (part := _obs_part(path, sub)) is not None]
+        if not parts:
             raise ConfigError("the observation space has no part ppo can use: "
                               f"ppo takes {OBSERVATION_KINDS}")
+        self.parts = [part for part in parts if not part.image]
+        # Image parts by their batch key, with their shape as the space gives it.
+        self.images = {_image_key(part): part for part in parts if part.image}
         self.width = sum(part.width for part in self.parts)
         if self.width > MAX_WIDTH:
             raise ConfigError(f"observations encode to {self.width:,} numbers each, more than "
                               f"the {MAX_WIDTH:,} an MLP's first layer can take here")
         # Columns that observation normalization applies to (one-hot and binary parts: none).
         self.normalized_columns = np.concatenate(
-            [np.full(part.width, part.normalize) for part in self.parts])
+            [np.full(part.width, part.normalize) for part in self.parts] or [np.zeros(0, bool)])
         self.plain_box = isinstance(space, spaces.Box)
         self.shape = space.shape if self.plain_box else None
+        # The batch is one array (vectors, or a single image), or a dict of them.
+        self.mixed = bool(self.images) and not self.plain_box
+        if self.mixed and VECTOR in self.images:
+            raise ConfigError(f"an image observation part may not be named {VECTOR!r}")
 
-    def __call__(self, batch: Any) -> np.ndarray:
+    def image_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each image's shape per step, by its batch key (a plain image: key "image")."""
+        return {key: part.space.shape for key, part in self.images.items()}
+
+    def zeros(self, n: int) -> Obs:
+        """A batch of n blank observations, laid out as `__call__` returns them."""
+        images = {key: np.zeros((n, *shape), np.uint8)
+                  for key, shape in self.image_shapes().items()}
+        vector = np.zeros((n, self.width), np.float32)
+        if not self.mixed:
+            return next(iter(images.values())) if images else vector
+        return {**({VECTOR: vector} if self.parts else {}), **images}
+
+    def __call__(self, batch: Any) -> Obs:
         if self.plain_box:
             obs = np.asarray(batch)
             if obs.shape[1:] != self.shape:
@@ -129,9 +290,25 @@ class ObsEncoder:
                     f"observation of shape {obs.shape[1:]}, the space says {self.shape}")
             if obs.dtype.kind not in "biuf":
                 raise ObservationError(f"observation of dtype {obs.dtype}, not numbers")
+            if self.images:
+                return obs.astype(np.uint8, copy=False)
             return obs.astype(np.float32, copy=False).reshape(len(obs), self.width)
         encoded = [self._encode(part, _pick(batch, part.path)) for part in self.parts]
-        return encoded[0] if len(encoded) == 1 else np.concatenate(encoded, axis=1)
+        vector = (encoded[0] if len(encoded) == 1 else np.concatenate(encoded, axis=1)
+                  ) if encoded else None
+        if not self.mixed:
+            return vector
+        images = {key: self._image(part, _pick(batch, part.path))
+                  for key, part in self.images.items()}
+        return images if vector is None else {VECTOR: vector, **images}
+
+    @staticmethod
+    def _image(part: _ObsPart, values: Any) -> np.ndarray:
+        values = np.asarray(values)
+        if values.shape[1:] != part.space.shape:
+            raise ObservationError(f"{_image_key(part)} has shape {values.shape[1:]}, the space "
+                                   f"says {part.space.shape}")
+        return values.astype(np.uint8, copy=False)
 
     @staticmethod
     def _encode(part: _ObsPart, values: Any) -> np.ndarray:
@@ -167,8 +344,9 @@ class ObsEncoder:
             return np.asarray(obs)[None] if np.shape(obs) == self.shape else None
         if isinstance(self.space, spaces.Discrete):
             return np.asarray(obs).reshape(1) if np.ndim(obs) == 0 else None
-        first = _pick(obs, self.parts[0].path)
-        if np.shape(first) != (self.parts[0].space.shape or ()):
+        part = self.parts[0] if self.parts else next(iter(self.images.values()))
+        first = _pick(obs, part.path)
+        if np.shape(first) != (part.space.shape or ()):
             return None
         return _nest_map(self.space, obs, lambda x: np.asarray(x)[None])
 

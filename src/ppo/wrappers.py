@@ -1,4 +1,5 @@
-"""Observation wrappers shipped with the package, for tasks that need memory.
+"""Wrappers shipped with the package: observations for tasks that need memory, and the
+preprocessing of pixel observations.
 
 `HideCartPoleVelocities` turns CartPole into a partially observed task: the policy sees the
 cart position and the pole angle, not their velocities, so a feed-forward policy cannot tell
@@ -9,6 +10,9 @@ or through the env id this module registers with Gymnasium:
     gym.make("ppo.wrappers:CartPoleNoVelocity-v1")
 
 (Gymnasium imports the module named before the colon, which registers the id.)
+
+`PixelPreprocessing` repeats each action over a few frames and turns the frames into small
+stacked grayscale images, as the RL Zoo prepares CarRacing for a CNN policy.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.wrappers import FrameStackObservation, GrayscaleObservation, ResizeObservation
 
 
 class ObservationSubset(gym.ObservationWrapper):
@@ -48,6 +53,39 @@ class HideCartPoleVelocities(ObservationSubset):
 
     def __init__(self, env: gym.Env) -> None:
         super().__init__(env, (self.POSITION, self.ANGLE))
+
+
+class RepeatAction(gym.Wrapper):
+    """Each action repeated for `skip` frames, rewards summed, stopping at an episode's end
+    (the RL Zoo's FrameSkip: no max over frames)."""
+
+    def __init__(self, env: gym.Env, skip: int) -> None:
+        super().__init__(env)
+        if skip < 1:
+            raise ValueError(f"skip must be >= 1, got {skip}")
+        self.skip = skip
+
+    def step(self, action: Any):
+        total = 0.0
+        for _ in range(self.skip):
+            obs, reward, terminated, truncated, info = self.env.step(action)
+            total += float(reward)
+            if terminated or truncated:
+                break
+        return obs, total, terminated, truncated, info
+
+
+def PixelPreprocessing(env: gym.Env, frame_skip: int = 2, size: int = 64,
+                       grayscale: bool = True, frame_stack: int = 2) -> gym.Env:
+    """Actions repeated `frame_skip` times, frames resized to size x size, grayscale, the last
+    `frame_stack` stacked: (frame_stack, size, size) uint8 observations in grayscale, for a
+    CNN policy (the RL Zoo's CarRacing pipeline)."""
+    if frame_skip > 1:
+        env = RepeatAction(env, frame_skip)
+    env = ResizeObservation(env, (size, size))
+    if grayscale:
+        env = GrayscaleObservation(env, keep_dim=False)
+    return FrameStackObservation(env, frame_stack) if frame_stack > 1 else env
 
 
 def make_cartpole_no_velocity(**kwargs: Any) -> gym.Env:

@@ -33,7 +33,7 @@ def uses_numpy(cfg: Config, model: ActorCritic) -> bool:
 
 def make_learner(cfg: Config, model: ActorCritic, replicas: Replicas | None) -> Learner:
     from ppo.learners.ppo_numpy import NumpyPPO
-    from ppo.learners.ppo_torch import TorchPPO
+    from ppo.learners.ppo_torch import RecurrentPPO, TorchPPO
     from ppo.learners.trpo import TRPO
 
     if cfg.learner == "numpy" and not uses_numpy(cfg, model):
@@ -45,4 +45,5 @@ def make_learner(cfg: Config, model: ActorCritic, replicas: Replicas | None) -> 
     if uses_numpy(cfg, model):
         return NumpyPPO(model, FlatAdam(model.parameters(), cfg.lr, cfg.adam_eps), cfg, replicas)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)
-    return TorchPPO(model, optimizer, cfg, replicas)
+    backend = RecurrentPPO if hasattr(model, "initial_state") else TorchPPO
+    return backend(model, optimizer, cfg, replicas)

@@ -24,8 +24,9 @@ class PPOLearner(Learner):
         self.replicas = replicas
 
     def update(self, batch: Batch, rng: np.random.Generator) -> UpdateStats:
-        cfg, n = self.cfg, len(batch.advantages)
+        cfg = self.cfg
         self.load(batch)
+        n, size = self.minibatch_units(batch)
         steps: list[StepStats] = []
         for epoch in range(cfg.epochs):
             if cfg.advantages_per_epoch and epoch > 0:  # the ablation: GAE from the new critic
@@ -35,12 +36,17 @@ class PPOLearner(Learner):
                                                  self.replicas)
                 self.set_targets(advantages, returns)
             order = rng.permutation(n)
-            for first in range(0, n, cfg.minibatch_size):
-                steps.append(self.step(order[first : first + cfg.minibatch_size]))
+            for first in range(0, n, size):
+                steps.append(self.step(order[first : first + size]))
                 self.count_nonfinite(steps[-1].nonfinite)
                 if cfg.target_kl is not None and steps[-1].approx_kl > cfg.target_kl:
                     return UpdateStats.of(steps, epoch + 1)
         return UpdateStats.of(steps, cfg.epochs)
+
+    def minibatch_units(self, batch: Batch) -> tuple[int, int]:
+        """What a minibatch is made of: how many units are shuffled (samples), and how many
+        make a minibatch."""
+        return len(batch.advantages), self.cfg.minibatch_size
 
     def load(self, batch: Batch) -> None:
         """Hold the batch for the minibatch steps (on the learner's device)."""

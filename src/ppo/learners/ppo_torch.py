@@ -10,23 +10,24 @@ from ppo.advantages import Batch
 from ppo.learners.base import StepStats
 from ppo.learners.ppo import PPOLearner
 from ppo.networks import ActorCritic
+from ppo.spaces import Obs, obs_take, obs_tensor
 
 
 @torch.no_grad()
-def evaluate(model: ActorCritic, obs: np.ndarray, actions: np.ndarray,
+def evaluate(model: ActorCritic, obs: Obs, actions: np.ndarray,
              masks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """log pi(a|s) and V(s) of a whole rollout, in torch on the model's device."""
     device = next(model.parameters()).device
     logp, _, values = model.evaluate(
-        torch.as_tensor(obs, device=device), torch.as_tensor(actions, device=device),
+        obs_tensor(obs, device), torch.as_tensor(actions, device=device),
         None if masks is None else torch.as_tensor(masks, device=device))
     return logp.cpu().numpy(), values.cpu().numpy()
 
 
 @torch.no_grad()
-def values(model: ActorCritic, obs: np.ndarray) -> np.ndarray:
+def values(model: ActorCritic, obs: Obs) -> np.ndarray:
     device = next(model.parameters()).device
-    return model.value(torch.as_tensor(obs, device=device)).cpu().numpy()
+    return model.value(obs_tensor(obs, device)).cpu().numpy()
 
 
 class TorchPPO(PPOLearner):
@@ -45,7 +46,7 @@ class TorchPPO(PPOLearner):
         return values(self.model, obs)
 
     def load(self, batch: Batch) -> None:
-        self.obs, self.actions = self._tensor(batch.obs), self._tensor(batch.actions)
+        self.obs, self.actions = obs_tensor(batch.obs, self.device), self._tensor(batch.actions)
         self.masks = None if batch.masks is None else self._tensor(batch.masks)
         self.logp_old, self.old_values = self._tensor(batch.logp_old), self._tensor(batch.values)
         self.set_targets(batch.advantages, batch.returns)
@@ -53,10 +54,15 @@ class TorchPPO(PPOLearner):
     def set_targets(self, advantages: np.ndarray, returns: np.ndarray) -> None:
         self.advantages, self.returns = self._tensor(advantages), self._tensor(returns)
 
+    def minibatch(self, index: np.ndarray) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The minibatch's sample indices, and log pi(a|s), entropy and V(s) on it."""
+        mb = self._tensor(index)
+        return mb, self.model.evaluate(obs_take(self.obs, mb), self.actions[mb],
+                                       None if self.masks is None else self.masks[mb])
+
     def step(self, index: np.ndarray) -> StepStats:
-        cfg, mb = self.cfg, self._tensor(index)
-        logp, entropy, values = self.model.evaluate(
-            self.obs[mb], self.actions[mb], None if self.masks is None else self.masks[mb])
+        cfg = self.cfg
+        mb, (logp, entropy, values) = self.minibatch(index)
         # The ablation: pi_old taken from the current weights makes every ratio exactly 1.
         logp_old = logp.detach() if cfg.old_logprobs_from_current else self.logp_old[mb]
         log_ratio = logp - logp_old
@@ -80,7 +86,7 @@ class TorchPPO(PPOLearner):
 
     def value_step(self, index: np.ndarray) -> tuple[float, bool]:
         cfg, mb = self.cfg, self._tensor(index)
-        loss = objective.value_loss(self.model.value(self.obs[mb]), self.old_values[mb],
+        loss = objective.value_loss(self.model.value(obs_take(self.obs, mb)), self.old_values[mb],
                                     self.returns[mb],
                                     cfg.value_clip_eps if cfg.clip_value else None)
         return loss.item(), self._apply(loss, self.model.critic_parameters())
@@ -99,3 +105,26 @@ class TorchPPO(PPOLearner):
             torch.nn.utils.clip_grads_with_norm_(params, self.cfg.max_grad_norm, norm)
         self.optimizer.step()
         return True
+
+
+class RecurrentPPO(TorchPPO):
+    """Minibatches of whole env sequences (CleanRL's ppo_atari_lstm): the envs are shuffled
+    and split, and each minibatch runs the LSTM over its envs' T steps from the state they
+    had at the rollout's start, reset where episodes start."""
+
+    def minibatch_units(self, batch: Batch) -> tuple[int, int]:
+        return batch.sequences.starts.shape[1], self.cfg.minibatch_size // self.cfg.rollout_steps
+
+    def load(self, batch: Batch) -> None:
+        super().load(batch)
+        self.sequences = batch.sequences
+
+    def minibatch(self, envs: np.ndarray) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        steps, n = self.sequences.starts.shape
+        # Time-major, as the rollout is: step t of env e is sample t * n + e.
+        mb = self._tensor((np.arange(steps)[:, None] * n + envs).reshape(-1))
+        return mb, self.model.evaluate_steps(
+            obs_take(self.obs, mb), self.actions[mb],
+            None if self.masks is None else self.masks[mb],
+            self.sequences.initial_state.take(self._tensor(envs)),
+            self.sequences.starts[:, envs])
