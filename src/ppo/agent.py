@@ -38,7 +38,7 @@ from ppo.policy import make_policy
 from ppo.recurrent import recurrent_state, state_arrays
 from ppo.rollout import Collector
 from ppo.signals import Interrupted, StopSignals
-from ppo.spaces import ActionSpec, ObsEncoder, obs_len
+from ppo.spaces import ActionSpec, ObsEncoder, obs_finite, obs_len
 
 # learn(callback=...): called with each update's metrics row and the agent; False stops.
 Callback = Callable[[dict[str, Any], "PPO"], bool | None]
@@ -291,9 +291,9 @@ class PPO:
         Stable-Baselines3's RecurrentPPO does."""
         one = self.encoder.batch_of_one(obs)
         x = self.encoder(obs if one is None else one)
-        if not len(x):
+        if not obs_len(x):
             raise ValueError("predict: obs is an empty batch")
-        if not np.isfinite(x).all():
+        if not obs_finite(x).all():
             raise ValueError("predict: obs holds NaN or Inf")
         if self.obs_normalizer is not None:
             x = self.obs_normalizer(x)
