@@ -513,3 +513,48 @@ class ImageSideEnv(gym.Env):
         reward = float(int(action) == self.side)
         self.t += 1
         return self._obs(), reward, False, self.t >= self.length, {}
+
+
+class RefuseInvalidActions(gym.Wrapper):
+    """Raises on any action the masking envs above mark invalid (their `valid` array), so a
+    run through this wrapper proves no invalid action was ever sent, whatever the path
+    (training, evaluation during training, `ppo eval`). Usable as `--wrapper
+    helpers_envs:RefuseInvalidActions`; the mask passes through (method and info alike)."""
+
+    def step(self, action):
+        valid = np.asarray(self.env.unwrapped.valid).reshape(-1, self.env.unwrapped.n_actions)
+        chosen = np.atleast_1d(np.asarray(action)).astype(np.int64)
+        if not valid[np.arange(len(chosen)), chosen].all():
+            raise AssertionError(f"invalid action {action!r} sent; valid: {valid.astype(int)}")
+        return self.env.step(action)
+
+
+class SuccessInfoEnv(CounterEnv):
+    """Episodes of 3 steps whose final info says `is_success`: 1.0 on every odd-numbered
+    episode of this env (counting from 0), else 0.0; plus a text entry, which is no number.
+    Steps before the last carry an `is_success` of -1, which must not count."""
+
+    length = 3
+
+    def __init__(self):
+        super().__init__(self.length)
+        self.finished = 0
+
+    def step(self, action):
+        obs, reward, terminated, truncated, _ = super().step(action)
+        if not terminated:
+            return obs, reward, terminated, truncated, {"is_success": -1.0}
+        info = {"is_success": float(self.finished % 2), "outcome": "done"}
+        self.finished += 1
+        return obs, reward, terminated, truncated, info
+
+
+class SequenceObservation(gym.ObservationWrapper):
+    """Turns the observation into a Sequence: a space the engine does not take."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.observation_space = spaces.Sequence(spaces.Discrete(3))
+
+    def observation(self, observation):
+        return (0,)

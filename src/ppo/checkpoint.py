@@ -29,7 +29,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from ppo.config import Config, ConfigError, from_dict, read_regular_file, refuse_unnamed_imports
+from ppo.config import (
+    Config,
+    ConfigError,
+    from_dict,
+    keep_wrapper_tables,
+    read_regular_file,
+    refuse_unnamed_imports,
+)
 from ppo.spaces import describe
 
 if TYPE_CHECKING:
@@ -449,6 +456,7 @@ def config_of(stored: dict[str, Any], overrides: dict[str, Any], source: Path) -
     env id or a wrapper names is imported only if the overrides name it too (ConfigError)."""
     if not isinstance(stored, dict):
         raise CheckpointError(f"{source} holds an unusable config: a {type(stored).__name__}")
+    overrides = keep_wrapper_tables(stored, overrides)
     refuse_unnamed_imports(stored, overrides, str(source))
     try:
         return from_dict({**stored, **overrides})

@@ -29,6 +29,7 @@ from ppo.config import (
     ConfigError,
     flag_name,
     from_dict,
+    keep_wrapper_tables,
     load_toml,
     read_regular_file,
     refuse_unnamed_imports,
@@ -389,6 +390,7 @@ def _resolve(config_file: Path | None, preset: str | None, defaults: str,
     preset_values = load_preset(preset) if preset else None
     for values, origin in ((file_values, str(config_file)), (preset_values, f"preset {preset}")):
         if values:
+            given = keep_wrapper_tables(values, given)
             refuse_unnamed_imports(values, given, origin)
     resolved = settings.resolve(given, file_values, preset_values, defaults)
     refuse_unnamed_imports(resolved.values, given, "the shipped settings")
@@ -810,11 +812,9 @@ def eval_command(run_dir: Path, episodes: int, deterministic: bool, checkpoint: 
         else:
             path, (_, meta) = source, load_checkpoint(source)
             check_meta(meta, path)
-        stored = meta["config"].get("wrappers", [])
         named: dict[str, Any] = {"env_id": env_id} if env_id else {}
         if wrappers:
-            same = list(wrappers) == [w["path"] for w in stored]
-            named["wrappers"] = stored if same else [{"path": w} for w in wrappers]
+            named = keep_wrapper_tables(meta["config"], {**named, "wrappers": list(wrappers)})
         refuse_unnamed_imports(meta["config"], named, str(path))
         agent = _agent_class().load(path, verbose=False, num_envs=1, vector="sync", **named)
         failing = True

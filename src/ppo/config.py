@@ -572,6 +572,19 @@ def named_imports(values: Mapping[str, Any]) -> dict[str, str]:
     return found
 
 
+def keep_wrapper_tables(stored: Mapping[str, Any], named: dict[str, Any]) -> dict[str, Any]:
+    """`named` with its wrappers replaced by `stored`'s tables when it names all of them, in
+    order (by path): naming a file's wrappers, as ppo asks before importing them, keeps their
+    `kwargs`. Naming other wrappers replaces the file's."""
+    def paths(entries: Any) -> list[Any]:
+        return [e.get("path") if isinstance(e, dict) else e for e in entries or []]
+
+    if "wrappers" in named and isinstance(stored.get("wrappers"), list) and (
+            paths(named["wrappers"]) == paths(stored["wrappers"])):
+        return {**named, "wrappers": stored["wrappers"]}
+    return named
+
+
 def refuse_unnamed_imports(from_file: Mapping[str, Any], named: Mapping[str, Any],
                            origin: str) -> None:
     """ConfigError if values read from `origin` (a checkpoint, a config file, a preset) would
