@@ -37,7 +37,7 @@ import pickle
 import signal
 import time
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -252,12 +252,12 @@ class _Shared:
             _assign(self.action_space, _rows(self.action_space, self.actions, rows, False),
                     actions)
 
-    def read_actions(self, rows: slice) -> list[Any]:
+    def read_actions(self, rows: slice) -> Iterable[Any]:
         """Copies of the actions of envs `rows`, one per env (an env may keep its action)."""
         block = _rows(self.action_space, self.actions, rows, copy=True)
         if self.plain_actions:
-            return list(block)
-        return list(iterate(batch_space(self.action_space, rows.stop - rows.start), block))
+            return block  # its rows
+        return iterate(batch_space(self.action_space, rows.stop - rows.start), block)
 
 
 # ---------------------------------------------------------------------- the worker
