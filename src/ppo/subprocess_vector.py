@@ -386,11 +386,13 @@ class _InfoBatch:
         self.num_envs = num_envs
 
 
-def _available_cores() -> int:
+def default_workers(num_envs: int) -> int:
+    """One worker per core this process may run on, at most one per env."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    return min(cores, num_envs)
 
 
 # ---------------------------------------------------------------------- the caller
@@ -411,7 +413,7 @@ class SubprocessVectorEnv(VectorEnv):
         self.replies: list[Connection] = []
         self._pending: set[int] = set()
         self._closed = False
-        workers = min(num_workers or _available_cores(), self.num_envs)
+        workers = min(num_workers or default_workers(self.num_envs), self.num_envs)
         if not 1 <= groups <= workers:
             raise ValueError(f"groups must be between 1 and the number of workers ({workers}), "
                              f"got {groups}")
