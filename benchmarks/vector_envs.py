@@ -9,6 +9,11 @@ Two loops, each case in a fresh single-threaded child process:
     groups the loop is pipelined: the workers step one group while the caller computes the
     actions of the other.
 
+With --training, whole PPO updates instead: the task's shipped settings (ppo.settings, the
+RL Zoo's) with num_envs set, in-process against SubprocessVectorEnv with 1 and 2 workers
+(what `--vector async` builds); steps/s of training (collection and update) and of the
+collection alone, from the agent's per-update timings.
+
 Reported: steps/s by wall-clock, and CPU microseconds per env step of the caller and of its
 workers (what the design costs, whatever the cores it got). On a shared machine the
 wall-clock figures depend on the load (see the load column), so the table adds what the CPU
@@ -18,6 +23,7 @@ with it (two groups: bounded by the total over two cores).
 
     pip install envpool            # optional
     python benchmarks/vector_envs.py
+    python benchmarks/vector_envs.py --training --num-envs 8,16 --updates 3
 """
 
 from __future__ import annotations
@@ -33,9 +39,11 @@ from pathlib import Path
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 RESULTS = Path(__file__).resolve().parent / "results" / "vector_envs.md"
+TRAINING_RESULTS = RESULTS.with_name("vector_envs_training.md")
 # (kind, workers, groups); kind: inprocess, async, subprocess, envpool
 CASES = [("inprocess", 0, 1), ("async", 0, 1), ("subprocess", 1, 1), ("subprocess", 2, 1),
          ("subprocess", 2, 2), ("subprocess", 4, 1), ("subprocess", 4, 2), ("envpool", 2, 1)]
+TRAINING_CASES = [("inprocess", 0), ("subprocess", 1), ("subprocess", 2)]
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -125,6 +133,91 @@ def run_case(kind: str, env_id: str, num_envs: int, workers: int, groups: int, s
             "workers_cpu_us_per_step": workers_cpu / done * 1e6, "load": os.getloadavg()[0]}
 
 
+def run_training_case(kind: str, env_id: str, num_envs: int, workers: int,
+                      updates: int) -> dict[str, float]:
+    """`updates` PPO updates with the task's shipped settings and `num_envs` envs."""
+    from functools import partial
+
+    from ppo.agent import PPO
+    from ppo.config import from_dict
+    from ppo.envs import InProcessVectorEnv, _make_replayable, make_env
+    from ppo.settings import resolve
+    from ppo.subprocess_vector import SubprocessVectorEnv
+
+    cfg = from_dict(resolve({"env_id": env_id, "num_envs": num_envs, "tensorboard": False}
+                            ).values)
+    fns = [partial(_make_replayable, partial(make_env, cfg), i) for i in range(num_envs)]
+    envs = (InProcessVectorEnv(fns) if kind == "inprocess"
+            else SubprocessVectorEnv(fns, num_workers=workers))
+    agent = PPO(cfg, env=envs, verbose=False)
+    rows = []
+    pids = [p.pid for p in getattr(envs, "processes", [])]
+    cpu_children = [_cpu_seconds(pid) for pid in pids]
+    cpu = time.process_time()
+    agent.learn(updates * cfg.batch_size, callback=lambda row, _: rows.append(row) or True)
+    caller_cpu = time.process_time() - cpu
+    workers_cpu = sum(_cpu_seconds(pid) - before for pid, before in zip(pids, cpu_children,
+                                                                          strict=True))
+    agent.close()
+    steps = updates * cfg.batch_size
+    total = sum(r["time_total"] for r in rows)
+    collect = sum(r["time_total"] - r["time_optimize"] - r["time_advantages"] for r in rows)
+    return {"steps": steps, "train_sps": steps / total, "collect_sps": steps / collect,
+            "caller_cpu_us_per_step": caller_cpu / steps * 1e6,
+            "workers_cpu_us_per_step": workers_cpu / steps * 1e6, "load": os.getloadavg()[0]}
+
+
+def training(args: argparse.Namespace) -> None:
+    """The --training table: see the module docstring."""
+    plan = [(env_id, n, case) for env_id in args.envs.split(",")
+            for n in map(int, args.num_envs.split(",")) for case in TRAINING_CASES]
+    results: dict[tuple, list[dict]] = {key: [] for key in plan}
+    for run in range(args.runs):
+        for env_id, n, (kind, workers) in plan:
+            child = json.dumps([kind, env_id, n, workers, args.updates])
+            out = subprocess.run([sys.executable, __file__, "--training-child", child],
+                                 check=True, capture_output=True, text=True,
+                                 env={**os.environ, **ONE_THREAD}).stdout
+            r = json.loads(out.splitlines()[-1])
+            results[(env_id, n, (kind, workers))].append(r)
+            print(f"run {run + 1} {env_id} x{n} {kind} w{workers}: {r['train_sps']:.0f} "
+                  f"training steps/s, {r['collect_sps']:.0f} collecting, load "
+                  f"{r['load']:.1f}", flush=True)
+    lines = ["# Vector envs in training", "", f"- command: `python benchmarks/vector_envs.py "
+             f"{' '.join(sys.argv[1:])}`",
+             f"- {args.updates} updates per case with the task's shipped settings (num_envs "
+             f"set), {args.runs} runs (median), {os.cpu_count()} CPUs, 1 torch thread"]
+    if args.note:
+        lines.append(f"- note: {args.note}")
+    lines += ["", "Steps/s of training (collection and update) and of the collection alone "
+              "(x: against in-process); CPU us per env step of the caller + its workers over "
+              "the whole run; load: the highest 1-min load average at the end of a run.", "",
+              "| env | envs | vector env | training steps/s | x | collection steps/s | x | "
+              "CPU us/step | load |", "|---|---|---|---|---|---|---|---|---|"]
+    for env_id in args.envs.split(","):
+        for n in map(int, args.num_envs.split(",")):
+            def median(case: tuple, key: str, n: int = n, env_id: str = env_id) -> float:
+                return statistics.median(r[key] for r in results[(env_id, n, case)])
+
+            base = {key: median(TRAINING_CASES[0], key) for key in ("train_sps", "collect_sps")}
+            for case in TRAINING_CASES:
+                name = ("in-process" if case[0] == "inprocess"
+                        else f"SubprocessVectorEnv, {case[1]} worker{'s' * (case[1] > 1)}")
+                load = max(r["load"] for r in results[(env_id, n, case)])
+                lines.append(
+                    f"| {env_id} | {n} | {name} | {median(case, 'train_sps'):,.0f} | "
+                    f"{median(case, 'train_sps') / base['train_sps']:.2f} | "
+                    f"{median(case, 'collect_sps'):,.0f} | "
+                    f"{median(case, 'collect_sps') / base['collect_sps']:.2f} | "
+                    f"{median(case, 'caller_cpu_us_per_step'):.1f} + "
+                    f"{median(case, 'workers_cpu_us_per_step'):.1f} | {load:.1f} |")
+    text = "\n".join(lines) + "\n"
+    output = args.output or TRAINING_RESULTS
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    print("\n" + text)
+
+
 def _model_time(case: tuple[str, int, int], caller: float, workers: float) -> float | None:
     """Wall us per env step on two idle cores implied by the CPU costs (see the docstring);
     None where the model does not apply (threads inside the caller: EnvPool)."""
@@ -145,12 +238,23 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40_000, help="env steps per case")
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--note", help="free text for the results file, e.g. machine load")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--training", action="store_true",
+                        help="whole PPO updates, in-process against 1 and 2 workers")
+    parser.add_argument("--updates", type=int, default=3, help="with --training, per case")
+    parser.add_argument("--output", type=Path)
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--training-child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print(json.dumps(run_case(*json.loads(args.child))))
         return
+    if args.training_child:
+        print(json.dumps(run_training_case(*json.loads(args.training_child))))
+        return
+    if args.training:
+        training(args)
+        return
+    args.output = args.output or RESULTS
 
     try:
         import envpool  # noqa: F401

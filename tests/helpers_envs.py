@@ -7,6 +7,7 @@ Importable as `helpers_envs` (pytest puts tests/ on sys.path), so the CLI can na
 from __future__ import annotations
 
 import copy
+import os
 
 import gymnasium as gym
 import numpy as np
@@ -429,8 +430,9 @@ class MaskedMultiChoiceEnv(gym.Env):
 
 class Misbehaving(gym.Env):
     """Counts to `at` steps of the process, then misbehaves as `how` says: raise, a wrong
-    observation shape or dtype, a string reward, a non-bool flag, a 4-tuple; `reset` raises
-    from the reset after the first with how="reset"."""
+    observation shape or dtype, a string reward, a non-bool flag, a 4-tuple, ends the process
+    ("exit": os._exit(9)) or raises SystemExit(3) ("systemexit"); `reset` raises from the
+    reset after the first with how="reset"."""
 
     metadata: dict = {"render_modes": []}
 
@@ -454,7 +456,11 @@ class Misbehaving(gym.Env):
         bad = {"raise": None, "shape": (np.zeros(3, np.float32), *out[1:]),
                "dtype": (np.array(["a", "b"], object), *out[1:]),
                "reward": (out[0], "1.0", *out[2:]), "flag": (*out[:2], "no", *out[3:]),
-               "tuple": out[:4], "reset": out}[self.how]
+               "tuple": out[:4], "reset": out}.get(self.how)
+        if self.how == "exit":
+            os._exit(9)
+        if self.how == "systemexit":
+            raise SystemExit(3)
         if bad is None:
             raise RuntimeError("the simulator lost its license server")
         return bad

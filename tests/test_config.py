@@ -1,6 +1,7 @@
 """Config: the standard defaults, validation naming the bad value, TOML round trips."""
 
 import dataclasses
+import os
 
 import pytest
 import tomli_w
@@ -188,7 +189,6 @@ def test_flags_parse_back_to_the_same_config(monkeypatch):
         ({"obs_clip": float("nan")}, "obs_clip"), ({"adam_eps": 2.0}, "adam_eps"),
         ({"seed": -1}, "seed"), ({"seed": 2**63}, "seed"), ({"seed": 2**64}, "seed"),
         ({"threads": 100_000}, "threads"), ({"num_envs": 10**9}, "num_envs"),
-        ({"num_envs": 300, "vector": "async"}, "num_envs"),
         ({"total_timesteps": 10**30}, "total_timesteps"), ({"epochs": 10**12}, "epochs"),
         ({"checkpoint_every": 10**30}, "checkpoint_every"),
         ({"line_search_steps": 100_000}, "line_search_steps"),
@@ -242,7 +242,7 @@ def test_numbers_are_coerced_to_the_declared_types():
 
 def test_range_edges_are_accepted():
     Config(seed=2**63 - 1, lr=1.0, max_grad_norm=0.0, ent_coef=0.0, clip_eps=1000.0,
-           init_log_std=-20.0, threads=512, num_envs=256, vector="async").validate()
+           init_log_std=-20.0, threads=512, num_envs=4096, vector="async").validate()
     Config(device="cuda:1", learner="torch").validate()
 
 
@@ -264,7 +264,7 @@ def test_memory_estimate_counts_networks_rollouts_and_workers():
     assert shared.workers == 0
     separate = estimate_memory(cfg.replace(shared_trunk=False, vector="async"), 3, 4)
     assert separate.network == (params + (3 + 1) * 10 + (10 + 1) * 20) * BYTES_PER_PARAMETER
-    assert separate.workers == 2 * ASYNC_WORKER_BYTES
+    assert separate.workers == min(2, len(os.sched_getaffinity(0))) * ASYNC_WORKER_BYTES
     assert separate.total == separate.network + separate.rollout + separate.workers
 
 

@@ -1,6 +1,13 @@
 """Envs that misbehave, and bad input to predict: one line naming the env, the step and
 what was wrong, and the last checkpoint stays intact."""
 
+import contextlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -80,3 +87,43 @@ def test_predict_refuses_what_it_cannot_act_on(obs, needle):
     with pytest.raises(ValueError, match=needle):
         agent.predict(obs)
     agent.close()
+
+
+@pytest.mark.parametrize(("how", "needle"), [
+    ("shape", r"env helpers_envs:Misbehaving \(index 0\): step returned an observation of "
+              r"shape \(3,\), the space says \(2,\) near global step \d+"),
+    ("raise", r"env helpers_envs:Misbehaving \(index 0\) raised RuntimeError in step: the "
+              r"simulator lost its license server near global step \d+"),
+    ("exit", r"helpers_envs:Misbehaving: env 0's worker process died \(exit code 9\)"),
+    ("systemexit", r"helpers_envs:Misbehaving: env 0's worker process died \(exit code 3\)"),
+])
+def test_env_workers_say_one_line_too(tmp_path, how, needle):
+    """A real `ppo train --vector async`: one line, nothing from the workers, no process
+    left behind."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [Path(sys.executable).parent / "ppo", "train", "--env", "helpers_envs:Misbehaving",
+         "--env-kwargs", f'how="{how}"', "--env-kwargs", "at=40", "--num-envs", "2",
+         "--vector", "async", "--defaults", "plain", "--rollout-steps", "16",
+         "--minibatch-size", "16", "--checkpoint-every", "1", "--total-timesteps", "320",
+         "--run-dir", str(run_dir), "--quiet", "--no-tensorboard"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 2, stderr
+    lines = stderr.splitlines()
+    assert len(lines) == 1 and re.match(rf"error: {needle}; the last checkpoint is intact",
+                                        lines[0]), lines
+    load_checkpoint(latest_checkpoint(run_dir))
+    assert not _members(proc.pid)
+
+
+def _members(group: int) -> list[int]:
+    """Live processes of a process group (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, IndexError):
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if entry.name.isdigit() and int(fields[2]) == group and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found

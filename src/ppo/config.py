@@ -66,7 +66,6 @@ FLOAT_RANGES = {
     "stop_at_return": (-math.inf, math.inf, False),
 }
 MAX_LAYERS, MAX_WIDTH = 64, 2**20
-MAX_ASYNC_ENVS = 256  # one process each
 MAX_TEXT = 4096  # env ids and paths
 
 
@@ -105,8 +104,9 @@ class Config:
     num_envs: int = _env(1, "Parallel envs; each fills rollout_steps per update.")
     vector: str = _env(
         "auto",
-        "Vectorization: sync (in-process), async (subprocesses), native (the env's own "
-        "vectorized class) or auto (native when the env has one and num_envs >= 8, else sync).",
+        "Vectorization: sync (in-process), async (worker processes, one per core, each "
+        "stepping several envs), native (the env's own vectorized class) or auto (native "
+        "when the env has one and num_envs >= 8, else sync).",
         choices=("auto", "sync", "async", "native"),
     )
     device: str = _run("cpu", "Torch device for the learner: cpu or cuda.")
@@ -302,9 +302,6 @@ class Config:
                     not 1 <= h <= MAX_WIDTH for h in sizes)):
                 raise ConfigError(f"{name} must be at most {MAX_LAYERS} widths in "
                                   f"[1, {MAX_WIDTH}], got {_short(sizes)}")
-        if self.vector == "async" and self.num_envs > MAX_ASYNC_ENVS:
-            raise ConfigError(f"num_envs must be <= {MAX_ASYNC_ENVS} with vector async (one "
-                              f"process per env), got {self.num_envs}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -467,7 +464,7 @@ def from_dict(values: dict[str, Any]) -> Config:
 # Bytes per network parameter: the weights, their gradient, Adam's two moments, the rollout
 # policy's copy and the learner's working copies, with room to spare.
 BYTES_PER_PARAMETER = 32
-ASYNC_WORKER_BYTES = 64 << 20  # a subprocess env: a Python interpreter and the env
+ASYNC_WORKER_BYTES = 64 << 20  # an env worker process: a Python interpreter and its envs
 
 
 class MemoryEstimate(NamedTuple):
@@ -475,7 +472,7 @@ class MemoryEstimate(NamedTuple):
 
     network: int  # parameters, gradients, optimizer state and copies
     rollout: int  # the rollout buffers, the learner's batch and a forward pass over it
-    workers: int  # subprocess envs
+    workers: int  # env worker processes
 
     @property
     def total(self) -> int:
@@ -501,7 +498,11 @@ def estimate_memory(cfg: Config, obs_width: int, action_width: int) -> MemoryEst
     # Observations are held three times (rollout, learner batch, minibatch gathers); the
     # whole batch passes through the networks at once to freeze log-probs and values.
     per_sample = 12 * obs_width + 8 * action_width + 128 + 8 * sum(map(sum, trunks))
-    workers = cfg.num_envs * ASYNC_WORKER_BYTES if cfg.vector == "async" else 0
+    workers = 0
+    if cfg.vector == "async":
+        from ppo.subprocess_vector import default_workers
+
+        workers = default_workers(cfg.num_envs) * ASYNC_WORKER_BYTES
     return MemoryEstimate(params * BYTES_PER_PARAMETER, cfg.batch_size * per_sample, workers)
 
 

@@ -218,8 +218,10 @@ def _call(method: Callable[..., Any], index: int, name: str, *args: Any, **kwarg
 
 
 def close_quietly(envs: VectorEnv) -> None:
-    """Close envs whose workers may be dead or mid-call, without tracebacks or warnings;
-    worker processes that don't answer are killed (they don't take the stop signals)."""
+    """Close envs whose workers may be dead or mid-call, without tracebacks or warnings.
+    SubprocessVectorEnv's close never raises and kills the workers that don't answer; for
+    another vector env, an error on closing is dropped and the worker processes it lists in
+    `processes` (as Gymnasium's AsyncVectorEnv does) are killed."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -228,6 +230,7 @@ def close_quietly(envs: VectorEnv) -> None:
             for process in getattr(envs, "processes", []):
                 if process.is_alive():
                     process.kill()
+                    process.join()
 
 
 def make_vector_env(cfg: Config, source: EnvSource | None = None) -> VectorEnv:
@@ -264,23 +267,18 @@ def make_vector_env(cfg: Config, source: EnvSource | None = None) -> VectorEnv:
             except Exception as e:
                 raise ConfigError(f"cannot make env {cfg.env_id!r}: {type(e).__name__}: "
                                   f"{e}") from None
-        if mode == "async":  # the workers build their envs out of reach: check one here
-            make_env(cfg, spec).close()
         env_fns = [partial(make_env, cfg, spec)] * cfg.num_envs
     env_fns = [partial(_make_replayable, fn, i) for i, fn in enumerate(env_fns)]
     try:
         if mode == "async":
-            # The workers inherit a blocked mask: Ctrl-C, SIGTERM or SIGHUP sent to the process
-            # group reach this process alone, which checkpoints, then closes them.
-            previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-            try:
-                envs = gym.vector.AsyncVectorEnv(env_fns,
-                                                 autoreset_mode=AutoresetMode.SAME_STEP)
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            from ppo.subprocess_vector import SubprocessVectorEnv  # it imports this module
+
+            # It makes one env here first, for the spaces: the workers build theirs out of
+            # reach, so that one is also the check that an env can be made at all.
+            envs = SubprocessVectorEnv(env_fns)
         else:
             envs = InProcessVectorEnv(env_fns)
-    except ConfigError:
+    except (ConfigError, EnvError):
         raise
     except Exception as e:  # an env's constructor can raise anything; report it as one line
         raise ConfigError(f"cannot make env {cfg.env_id!r}: {type(e).__name__}: {e}") from None
