@@ -267,6 +267,7 @@ def test_arguments_map_onto_the_config():
     assert cfg.max_grad_norm == 1.5 and cfg.target_kl == pytest.approx(0.03)  # 1.5 x, as SB3
     assert cfg.hidden_sizes == [8] and cfg.init_log_std == -1.0 and not cfg.ortho_init
     assert cfg.adam_eps == 1e-7 and cfg.num_envs == 2
+    assert (model.n_steps, model.batch_size, model.n_epochs, model.gamma) == (32, 16, 3, 0.9)
     assert torch.allclose(model.policy.log_std, torch.full((1,), -1.0))
 
 
@@ -489,3 +490,12 @@ def test_sb3s_vec_normalize_and_zip_files_are_refused(tmp_path):
     SB3PPO("MlpPolicy", "CartPole-v1", n_steps=64).save(tmp_path / "sb3_model")
     with pytest.raises(ConfigError, match="not SB3's .zip"):
         PPO.load(tmp_path / "sb3_model.zip")
+
+
+@needs_sb3
+def test_dict_observations_example_with_an_image_part_is_refused_by_name():
+    # The Examples page's SimpleMultiObsEnv has an image part: this version has no CNN.
+    from stable_baselines3.common.envs import SimpleMultiObsEnv
+
+    with pytest.raises(ConfigError, match="img is an image"):
+        PPO("MultiInputPolicy", SimpleMultiObsEnv(random_start=False))

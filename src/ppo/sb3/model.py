@@ -21,6 +21,11 @@ from ppo.sb3.mapping import DEFAULTS, config_values
 from ppo.sb3.vec_env import DummyVecEnv, GymnasiumView
 
 POLICIES = ("MlpPolicy", "MultiInputPolicy", "CnnPolicy")
+# SB3's attributes of the same name, read from the engine's config.
+CONFIG_ATTRIBUTES = {"n_steps": "rollout_steps", "batch_size": "minibatch_size",
+                     "n_epochs": "epochs", "gamma": "gamma", "gae_lambda": "gae_lambda",
+                     "ent_coef": "ent_coef", "vf_coef": "vf_coef",
+                     "max_grad_norm": "max_grad_norm"}
 SUFFIX = ".safetensors"
 
 
@@ -177,6 +182,11 @@ class PPO:
     def policy(self) -> torch.nn.Module:
         """The actor-critic network (a torch module: state_dict, parameters, ...)."""
         return self._agent.model
+
+    def __getattr__(self, name: str) -> Any:
+        if name in CONFIG_ATTRIBUTES:
+            return getattr(self._agent.config, CONFIG_ATTRIBUTES[name])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def observation_space(self) -> spaces.Space:
