@@ -32,9 +32,9 @@ TASKS = ("HalfCheetah-v5", "Humanoid-v5")
 
 
 def child_ppo(env_id: str, steps: int, seed: int) -> dict:
+    from ppo.agent import PPO
     from ppo.cli import load_preset
     from ppo.config import from_dict
-    from ppo.agent import PPO
 
     agent = PPO(from_dict({**load_preset("mujoco"), "env_id": env_id, "seed": seed,
                            "total_timesteps": steps, "tensorboard": False}), verbose=False)

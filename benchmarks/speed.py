@@ -52,8 +52,8 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THRE
 def child_ppo(num_envs: int, rollout_steps: int, steps: int, seed: int) -> dict:
     import torch
 
-    from ppo.config import Config
     from ppo.agent import PPO
+    from ppo.config import Config
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:

@@ -50,8 +50,8 @@ TARGET = 200.0
 
 
 def child_ppo(seed: int, max_steps: int) -> dict:
-    from ppo.config import Config
     from ppo.agent import PPO
+    from ppo.config import Config
 
     start = time.process_time()  # after the imports, as for SB3
     agent = PPO(Config(env_id=ENV_ID, seed=seed, num_envs=1, rollout_steps=2048,

@@ -156,11 +156,12 @@ def test_write_atomic_keeps_the_old_file_on_failure(tmp_path, monkeypatch):
     assert path.read_bytes() == b"old"
 
     def failing_replace(src, dst):
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ppo.checkpoint.os, "replace", failing_replace)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OSError, match="No space left on device") as info:
         write_atomic(path, b"new contents")
+    assert info.value.filename == str(path)  # the error names the file it could not write
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.bin"]
 
@@ -293,3 +294,267 @@ def test_sigint_finishes_the_update_and_checkpoints(tmp_path, monkeypatch):
     assert latest_checkpoint(tmp_path / "run") == checkpoint_path(tmp_path / "run", 2)
     assert len(_rows(tmp_path / "run")) == 2
     assert signal.getsignal(signal.SIGINT) is before
+
+
+# ---------------------------------------------------------------- checksum-valid but hostile
+def _resave(trained, tmp_path, edit):
+    """The latest checkpoint, edited and saved again with valid checksums."""
+    _, run_dir = trained
+    tensors, meta = load_checkpoint(latest_checkpoint(run_dir))
+    edit(tensors, meta)
+    target = tmp_path / "update_000003.safetensors"
+    save_checkpoint(target, tensors, meta)
+    return target
+
+
+def test_header_without_the_meta_checksum_is_refused(trained, tmp_path):
+    """No unauthenticated older-format path: metadata without its checksum may be edited."""
+    import hashlib
+    import json
+
+    from safetensors.torch import save
+
+    _, run_dir = trained
+    tensors, meta = load_checkpoint(latest_checkpoint(run_dir))
+    meta["update"] = 7
+    target = tmp_path / "old.safetensors"
+    target.write_bytes(save(tensors, metadata={
+        "format": "ppo-checkpoint/1", "sha256": ppo.checkpoint._digest(tensors),
+        "meta": json.dumps(meta)}))
+    with pytest.raises(CheckpointError, match=f"{target} is refused: its header lacks "
+                                              "meta_sha256"):
+        load_checkpoint(target)
+    meta_json = json.dumps(meta)
+    target.write_bytes(save(tensors, metadata={
+        "format": "ppo-checkpoint/1", "sha256": ppo.checkpoint._digest(tensors),
+        "meta": meta_json, "meta_sha256": hashlib.sha256(meta_json.encode()).hexdigest(),
+        "exec": "os.system('x')"}))
+    with pytest.raises(CheckpointError, match="header has unknown keys exec"):
+        load_checkpoint(target)
+
+
+@pytest.mark.parametrize(("name", "value"), [("model.actor.0.weight", float("nan")),
+                                             ("optim.0.exp_avg_sq", float("inf")),
+                                             ("obs_norm.var", float("-inf"))])
+def test_non_finite_tensors_are_refused(trained, tmp_path, name, value):
+    target = _resave(trained, tmp_path, lambda t, m: t[name].view(-1)[0].fill_(value))
+    with pytest.raises(CheckpointError, match=f"{target} holds non-finite values .* in {name}"):
+        load_checkpoint(target)
+
+
+def test_metadata_that_is_not_an_object_is_refused(trained, tmp_path):
+    import hashlib
+
+    from safetensors.torch import save
+
+    _, run_dir = trained
+    tensors, _ = load_checkpoint(latest_checkpoint(run_dir))
+    target = tmp_path / "list.safetensors"
+    target.write_bytes(save(tensors, metadata={
+        "format": "ppo-checkpoint/1", "sha256": ppo.checkpoint._digest(tensors),
+        "meta": "[1, 2]", "meta_sha256": hashlib.sha256(b"[1, 2]").hexdigest()}))
+    with pytest.raises(CheckpointError, match="its metadata is a JSON list, not an object"):
+        load_checkpoint(target)
+
+
+def _expected(agent):
+    from ppo.checkpoint import adam_specs, specs_of
+
+    tensors, _ = ppo.checkpoint.agent_state(agent)
+    fixed = {k: v for k, v in specs_of(tensors).items()
+             if not k.startswith(("optim.", "collector."))}
+    return fixed, [adam_specs(agent.learner.optimizer)]
+
+
+STRUCTURE = [
+    ("meta lacks spaces", lambda t, m: m.pop("spaces"), "the metadata lacks spaces"),
+    ("meta has an extra key", lambda t, m: m.update(evil=1), "unexpected key(s) evil"),
+    ("update is a string", lambda t, m: m.update(update="3"), "update must be an integer"),
+    ("update is a bool", lambda t, m: m.update(update=True), "update must be an integer"),
+    ("negative episodes", lambda t, m: m.update(episodes=-5), "episodes must be an integer >= 0"),
+    ("NaN lr", lambda t, m: m.update(lr=float("nan")), "lr must be a finite number"),
+    ("rng state garbage", lambda t, m: m["rng"].update(action={"x": 1}), "rng.action lacks"),
+    ("rng of another generator", lambda t, m: m["rng"]["shuffle"].update(bit_generator="MT19937"),
+     "rng.shuffle.bit_generator must be 'PCG64'"),
+    ("recent episodes garbage", lambda t, m: m.update(recent_episodes=[["a"]]),
+     "recent_episodes[0] has 1 items, not 2"),
+    ("config is a list", lambda t, m: m.update(config=[1]), "config is a list, not an object"),
+    ("an extra tensor", lambda t, m: t.update({"model.extra": torch.zeros(3)}),
+     "unexpected tensor(s) model.extra"),
+    ("a missing tensor", lambda t, m: t.pop("rng.torch"), "lacks tensor rng.torch"),
+    ("float64 weights", lambda t, m: t.update({"model.value_head.bias": torch.zeros(1).double()}),
+     "tensor model.value_head.bias is float64 [1], expected float32 [1]"),
+    ("a wrong shape", lambda t, m: t.update({"model.value_head.bias": torch.zeros(3)}),
+     "is float32 [3], expected float32 [1]"),
+    ("part of Adam's state", lambda t, m: t.pop("optim.2.exp_avg"), "lacks tensor optim.2"),
+    ("an Adam step vector", lambda t, m: t.update({"optim.0.step": torch.zeros(5)}),
+     "optim.0.step is float32 [5], expected float32 []"),
+    ("rng.torch too short", lambda t, m: t.update({"rng.torch": torch.zeros(3, dtype=torch.uint8)}),
+     "rng.torch is uint8 [3]"),
+]
+
+
+@pytest.mark.parametrize(("edit", "message"), [s[1:] for s in STRUCTURE],
+                         ids=[s[0] for s in STRUCTURE])
+def test_structure_problems_name_the_file(trained, tmp_path, edit, message):
+    from ppo.checkpoint import check_checkpoint
+
+    agent, _ = trained
+    target = _resave(trained, tmp_path, edit)
+    tensors, meta = load_checkpoint(target)
+    expected, optional = _expected(agent)
+    with pytest.raises(CheckpointError) as info:
+        check_checkpoint(tensors, meta, target, expected, optional, ("collector.",))
+    assert str(info.value).startswith(f"{target} does not fit this agent: ")
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_intact_checkpoint_fits_its_agent(trained):
+    from ppo.checkpoint import check_checkpoint, check_meta
+
+    agent, run_dir = trained
+    tensors, meta = load_checkpoint(latest_checkpoint(run_dir))
+    expected, optional = _expected(agent)
+    check_checkpoint(tensors, meta, latest_checkpoint(run_dir), expected, optional,
+                     ("collector.",))
+    check_meta(meta, latest_checkpoint(run_dir))
+    # Before its first step Adam holds no state; the checkpoint may lack the whole group.
+    fresh = {k: v for k, v in tensors.items() if not k.startswith("optim.")}
+    check_checkpoint(fresh, meta, latest_checkpoint(run_dir), expected, optional,
+                     ("collector.",))
+
+
+def test_stored_config_is_checked_and_names_the_file(trained, tmp_path):
+    from ppo.checkpoint import check_meta
+
+    target = _resave(trained, tmp_path, lambda t, m: m["config"].update(lr="0.1"))
+    _, meta = load_checkpoint(target)
+    with pytest.raises(CheckpointError, match=f"{target} holds an invalid config: lr must be a "
+                                              "number"):
+        check_meta(meta, target)
+
+
+# ---------------------------------------------------------------- the newest valid checkpoint
+def test_newest_valid_checkpoint_falls_back_and_says_why(trained, tmp_path):
+    import shutil
+
+    from ppo.checkpoint import check_meta, newest_valid_checkpoint
+
+    _, run_dir = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    found = newest_valid_checkpoint(copy)
+    assert (found.path.name, found.meta["update"], found.skipped) == (
+        "update_000003.safetensors", 3, [])
+    newest = checkpoint_path(copy, 3)
+    newest.write_bytes(newest.read_bytes()[:-10])
+    shutil.copy(checkpoint_path(copy, 2), checkpoint_path(copy, 9))  # renamed: update 2 inside
+    os.mkfifo(checkpoint_path(copy, 11))
+    found = newest_valid_checkpoint(copy, check=lambda t, m, p: check_meta(m, p))
+    assert found.path == checkpoint_path(copy, 2)
+    assert [s.split(":")[0] for s in found.skipped] == [
+        "update_000011.safetensors", "update_000009.safetensors", "update_000003.safetensors"]
+    assert "is a FIFO" in found.skipped[0]
+    assert "named for update 9 but holds update 2" in found.skipped[1]
+    for path in (checkpoint_path(copy, 2), checkpoint_path(copy, 9)):
+        path.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=f"no valid checkpoint in {copy}: "
+                                              "update_000011.safetensors: it is a FIFO"):
+        newest_valid_checkpoint(copy)
+
+
+# ---------------------------------------------------------------- one writer per run directory
+HOLD_LOCK = """
+import sys, time
+from ppo.checkpoint import run_dir_lock
+with run_dir_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def _holder(run_dir):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_a_second_writer_is_refused_until_the_first_dies(tmp_path):
+    from ppo.checkpoint import RunDirError, run_dir_lock
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = _holder(run_dir)
+    try:
+        busy = f"run directory {run_dir} is in use by another process \\(pid {holder.pid}\\)"
+        with pytest.raises(RunDirError, match=busy), run_dir_lock(run_dir):
+            pass
+    finally:
+        holder.kill()  # SIGKILL: no cleanup, the OS releases the lock
+        holder.wait()
+    assert (run_dir / ".lock").exists()  # left behind, and harmless
+    with run_dir_lock(run_dir):
+        assert (run_dir / ".lock").read_text() == f"{os.getpid()}\n"
+    assert not (run_dir / ".lock").exists()
+
+
+def test_the_lock_is_reentrant_in_its_thread_only(tmp_path):
+    import threading
+
+    from ppo.checkpoint import RunDirError, run_dir_lock
+
+    errors = []
+
+    def other_thread():
+        try:
+            with run_dir_lock(tmp_path / "run"):
+                pass
+        except RunDirError as e:
+            errors.append(str(e))
+
+    with run_dir_lock(tmp_path / "run", create=True):
+        with run_dir_lock(tmp_path / "run"):  # the CLI holds it around the agent, which takes it
+            pass
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        thread.join()
+        assert (tmp_path / "run" / ".lock").exists()
+    assert len(errors) == 1 and "in use by another process" in errors[0]
+    assert os.listdir(tmp_path / "run") == []
+
+
+def test_a_planted_lock_file_never_redirects_writes(tmp_path):
+    from ppo.checkpoint import RunDirError, run_dir_lock
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".lock").symlink_to(victim)
+    with pytest.raises(RunDirError, match="cannot lock run directory"), run_dir_lock(run_dir):
+        pass
+    (run_dir / ".lock").unlink()
+    os.link(victim, run_dir / ".lock")
+    with pytest.raises(RunDirError, match="is not a plain file"), run_dir_lock(run_dir):
+        pass
+    assert victim.read_text() == "precious"
+    with pytest.raises(RunDirError, match="is not a directory"), run_dir_lock(victim):
+        pass
+
+
+def test_run_files_make_a_run(tmp_path):
+    from ppo.checkpoint import run_files
+
+    assert run_files(tmp_path / "missing") == []
+    assert run_files(tmp_path) == []
+    (tmp_path / ".lock").write_text("")
+    (tmp_path / "notes.txt").write_text("")
+    assert run_files(tmp_path) == []
+    (tmp_path / "tensorboard").mkdir()
+    (tmp_path / "metrics.csv").write_text("")
+    assert run_files(tmp_path) == ["metrics.csv", "tensorboard"]

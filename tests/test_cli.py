@@ -1,11 +1,13 @@
 """The `ppo` command: help, bad input (one line, status 2, nothing overwritten), config
 files, resume and eval."""
 
+import contextlib
 import dataclasses
 import hashlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -170,13 +172,30 @@ def test_missing_checkpoints(run_copy, tmp_path):
     assert _snapshot(run_copy) == before
 
 
-def test_corrupt_checkpoint(run_copy):
-    _corrupt(latest_checkpoint(run_copy))
+def test_corrupt_checkpoints(run_copy):
+    for checkpoint in (run_copy / "checkpoints").iterdir():
+        _corrupt(checkpoint)
     before = _snapshot(run_copy)
-    _assert_user_error(_invoke("eval", run_copy, "--episodes", 1), "corrupted")
+    _assert_user_error(_invoke("eval", run_copy, "--episodes", 1), "corrupted",
+                       "update_000001", "update_000002")
     _assert_user_error(_invoke("train", "--resume", run_copy, "--total-timesteps", 256),
                        "corrupted")
     assert _snapshot(run_copy) == before
+
+
+def test_corrupt_latest_checkpoint_falls_back_with_a_note(run_copy):
+    _corrupt(latest_checkpoint(run_copy))
+    result = _invoke("eval", run_copy, "--episodes", 1)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("note: skipped checkpoint update_000002.safetensors: it is "
+                                    "corrupted")
+    assert "(deterministic, update 1)" in result.stdout
+    result = _invoke("train", "--resume", run_copy, "--total-timesteps", 192)
+    assert result.exit_code == 0, result.output
+    assert "skipped checkpoint update_000002" in result.stderr
+    assert "resuming from update_000001.safetensors, update 1" in result.stderr
+    rows = (run_copy / "metrics.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3]
 
 
 def test_pickle_planted_as_checkpoint(run_copy, tmp_path):
@@ -188,10 +207,14 @@ def test_pickle_planted_as_checkpoint(run_copy, tmp_path):
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    latest_checkpoint(run_copy).write_bytes(pickle.dumps(Planted()))
+    for checkpoint in (run_copy / "checkpoints").iterdir():
+        checkpoint.write_bytes(pickle.dumps(Planted()))
     before = _snapshot(run_copy)
     _assert_user_error(_invoke("eval", run_copy, "--episodes", 1), "not a valid ppo checkpoint")
     _assert_user_error(_invoke("train", "--resume", run_copy, "--total-timesteps", 256))
+    _assert_user_error(_invoke("eval", run_copy, "--checkpoint",
+                               run_copy / "checkpoints" / "update_000001.safetensors"),
+                       "not a valid ppo checkpoint")
     assert not marker.exists()
     assert _snapshot(run_copy) == before
 
@@ -265,8 +288,9 @@ def test_train_output_and_resume(run_copy):
     assert len(metrics) == 1 + 2
     result = _invoke("train", "--resume", run_copy, "--total-timesteps", 256)
     assert result.exit_code == 0, result.output
-    assert "resuming" in result.stderr and "update 2" in result.stderr
+    assert "resuming" not in result.stderr
     lines = result.stdout.splitlines()
+    assert lines.pop(0) == f"resuming {run_copy} at update 2, step 128"
     assert [line.split()[1] for line in lines if line.startswith("update ")] == ["003", "004"]
     assert re.match(r"^update 003 step 192/256 \(75%\) return=\S+ kl=\d\.\d{3} "
                     r"clipfrac=\d\.\d\d loss_pi=[+-]\d\.\d{3} loss_v=\S+ entropy=\d\.\d{3} "
@@ -467,3 +491,194 @@ def test_a_missing_extra_is_named_in_one_line(run_dir, tmp_path, monkeypatch):
         _assert_user_error(_invoke("train", "--env", env, "--run-dir", fresh),
                            f'env {env} needs the {extra} extra: pip install -e ".[{extra}]"')
         assert not fresh.exists()
+
+
+# ---------------------------------------------------------------- hostile input
+def test_run_files_without_config_make_a_run(run_copy):
+    (run_copy / "config.toml").unlink()
+    for keep in ("checkpoints", "metrics.csv"):
+        before = _snapshot(run_copy)
+        result = _invoke("train", *SMALL, "--total-timesteps", 64, "--run-dir", run_copy)
+        _assert_user_error(result, "already holds a run", keep)
+        assert _snapshot(run_copy) == before
+        shutil.rmtree(run_copy / keep) if keep == "checkpoints" else (run_copy / keep).unlink()
+
+
+def test_a_second_writer_is_refused(run_copy):
+    """Another process holds the run: a resume or a fresh run into it stops before writing."""
+    script = ("import sys, time\nfrom ppo.checkpoint import run_dir_lock\n"
+              "with run_dir_lock(sys.argv[1]):\n    print('held', flush=True)\n"
+              "    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", script, str(run_copy)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        before = _snapshot(run_copy)
+        _assert_user_error(_invoke("train", "--resume", run_copy, "--total-timesteps", 256),
+                           f"run directory {run_copy} is in use by another process (pid "
+                           f"{holder.pid})")
+        assert _snapshot(run_copy) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    result = _invoke("train", "--resume", run_copy, "--total-timesteps", 192)
+    assert result.exit_code == 0, result.output  # the OS released the dead holder's lock
+    assert not (run_copy / ".lock").exists()
+
+
+def test_resume_repairs_damaged_metrics_and_keeps_them_aside(run_copy):
+    metrics = run_copy / "metrics.csv"
+    damaged = metrics.read_bytes() + b"garbage\x00\n" + b"\x00" * 100
+    metrics.write_bytes(damaged)
+    result = _invoke("train", "--resume", run_copy, "--total-timesteps", 192)
+    assert result.exit_code == 0, result.output
+    aside = list(run_copy.glob("metrics.csv.damaged-*"))
+    assert [a.read_bytes() for a in aside] == [damaged]
+    assert f"note: {metrics} holds NUL bytes" in result.stderr and aside[0].name in result.stderr
+    rows = metrics.read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [1, 2, 3]
+
+
+def test_resume_checks_everything_before_writing(run_copy):
+    """A metrics.csv that cannot be read stops the resume before config.toml is rewritten."""
+    (run_copy / "metrics.csv").unlink()
+    os.mkfifo(run_copy / "metrics.csv")
+    before = _snapshot(run_copy)
+    _assert_user_error(_invoke("train", "--resume", run_copy), "metrics.csv is a FIFO")
+    assert _snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize(("flags", "needles"), [
+    (["--lr", "inf"], ["lr must be a finite number in (0, 1]"]),
+    (["--ent-coef", "nan"], ["ent_coef"]),
+    (["--seed", "-1"], ["seed must be in [0, 2^63-1], got -1"]),
+    (["--threads", "100000"], ["threads"]),
+    (["--hidden-sizes", "100000,100000"], ["needs about", "GB of memory"]),
+    (["--num-envs", "100000", "--vector", "async"], ["num_envs"]),
+    (["--config", "/dev/zero"], ["/dev/zero is a character device, not a regular file"]),
+    (["--run-dir", ""], ["run_dir"]),
+])
+def test_numbers_and_files_no_run_can_use(tmp_path, flags, needles):
+    fresh = tmp_path / "fresh"
+    args = ["train", *SMALL, "--total-timesteps", 64, "--run-dir", fresh, *flags]
+    _assert_user_error(_invoke(*args), *needles)
+    assert not fresh.exists()
+
+
+def test_eval_refuses_a_video_path_before_evaluating(run_dir, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    for video, needle in [(tmp_path / "episode", "ending in .mp4, .mkv, .mov"),
+                          (tmp_path / "episode.txt", "ending in .mp4"),
+                          (run_dir / "checkpoints", "ending in .mp4"),
+                          (tmp_path / "afile" / "x.mp4", "is not a writable directory")]:
+        result = _invoke("eval", run_dir, "--episodes", 1, "--video", video)
+        _assert_user_error(result, "--video", needle)
+        assert result.stdout == ""  # refused before evaluating
+
+
+def test_the_numpy_reference_checks_its_env_first():
+    _assert_user_error(_invoke("reference", "numpy", "--env", "Nope-v0"),
+                       "unknown env id 'Nope-v0'")
+    _assert_user_error(_invoke("reference", "numpy", "--env", "Pendulum-v1"),
+                       "flat Box observations and Discrete actions", "Pendulum-v1 has Box "
+                       "observations and Box actions")
+    _assert_user_error(_invoke("reference", "numpy", "--seed", -1), "--seed")
+
+
+def test_nproc_checks_the_config_once_before_launching(tmp_path, monkeypatch):
+    import ppo.cli
+
+    def launch(*args):
+        raise AssertionError("torchrun was launched")
+
+    monkeypatch.setattr(ppo.cli, "_launch_torchrun", launch)
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    _assert_user_error(_invoke("train", "--nproc", 2, "--env", "Nope-v0", "--run-dir",
+                               tmp_path / "fresh"), "unknown env id 'Nope-v0'")
+    _assert_user_error(_invoke("train", "--nproc", 2, "--env", "helpers_envs:SequenceObsEnv",
+                               "--run-dir", tmp_path / "fresh"), "unsupported observation space")
+    _assert_user_error(_invoke("train", "--nproc", 100, "--run-dir", tmp_path / "fresh"),
+                       "--nproc 100 is more processes than this machine's 4 cores")
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_no_command_prints_the_help():
+    result = _invoke()
+    assert result.exit_code == 0 and "Commands:" in result.stdout and result.stderr == ""
+
+
+def test_ctrl_c_before_training_is_one_line(tmp_path, monkeypatch):
+    from ppo.agent import PPO
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PPO, "__init__", interrupted)
+    result = _invoke("train", *SMALL, "--run-dir", tmp_path / "fresh")
+    assert result.exit_code == 130
+    assert result.stderr.strip() == "error: interrupted before training started"
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_an_error_during_training_is_one_line_naming_the_run(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    fresh = tmp_path / "fresh"
+    proc = subprocess.run(
+        [Path(sys.executable).parent / "ppo", "train", "--env", "helpers_envs:NaNRewardEnv",
+         "--defaults", "plain", "--rollout-steps", "64", "--minibatch-size", "32",
+         "--no-tensorboard", "--total-timesteps", "640", "--run-dir", str(fresh)],
+        capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert f"(run directory {fresh})" in lines[0]
+    assert f"run directory: {fresh}\n" in proc.stdout
+
+
+def test_stdout_closed_by_its_reader_stops_with_a_checkpoint(tmp_path):
+    """`ppo train | head -n 3`: the run stops after the update, checkpoint written."""
+    run = tmp_path / "run"
+    command = (f"{Path(sys.executable).parent / 'ppo'} train {' '.join(SMALL[:-1])} "
+               f"--total-timesteps 640000 --checkpoint-every 1000 --run-dir {run} "
+               f"2>{tmp_path / 'err'} | head -n 3; echo ${{PIPESTATUS[0]}} > {tmp_path / 'rc'}")
+    subprocess.run(["bash", "-c", command], timeout=120, check=True, capture_output=True)
+    assert (tmp_path / "rc").read_text().strip() == "141"
+    err = (tmp_path / "err").read_text()  # the run's summary, then why it stopped
+    assert err.splitlines()[-1].startswith("standard output was closed (its reader exited): "
+                                           "stopped after update")
+    assert "Traceback" not in err and "error" not in err
+    updates = len((run / "metrics.csv").read_text().splitlines()) - 1
+    assert latest_checkpoint(run).name == f"update_{updates:06d}.safetensors"
+
+
+@pytest.mark.parametrize(("flags", "sig", "cause"), [
+    (["--num-envs", "2", "--vector", "async"], signal.SIGINT, "SIGINT received"),
+    ([], signal.SIGHUP, "the terminal closed (SIGHUP)"),
+], ids=["ctrl-c-to-the-group-async", "hangup"])
+def test_stop_signals_to_the_process_group_stop_cleanly(tmp_path, flags, sig, cause):
+    """As a terminal sends them: to every process of the group, env workers included. The
+    run stops after the update with a checkpoint; no worker prints a traceback."""
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [Path(sys.executable).parent / "ppo", "train", *SMALL, "--total-timesteps",
+         str(64 * 10**5), "--checkpoint-every", "1000", *flags, "--run-dir", str(run)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run / "metrics.csv").exists()
+                   and len((run / "metrics.csv").read_text().splitlines()) > 2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        os.killpg(proc.pid, sig)
+        stderr = proc.communicate(timeout=60)[1]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + sig, stderr
+    updates = len((run / "metrics.csv").read_text().splitlines()) - 1
+    assert stderr.splitlines()[-1] == (f"{cause}: stopped after update {updates} with a "
+                                       f"checkpoint; continue with: ppo train --resume {run}")
+    assert "Traceback" not in stderr and "error" not in stderr
+    assert latest_checkpoint(run).name == f"update_{updates:06d}.safetensors"

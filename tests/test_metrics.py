@@ -10,9 +10,17 @@ import numpy as np
 import pytest
 
 from ppo.agent import PPO
+from ppo.checkpoint import RunDirError
 from ppo.config import Config
 from ppo.console import console_line
-from ppo.metrics import COLUMNS, HealthCheck, MetricsLogger, _truncate_after
+from ppo.metrics import (
+    COLUMNS,
+    CsvSink,
+    HealthCheck,
+    MetricsLogger,
+    check_metrics,
+    repair_metrics,
+)
 
 REQUIRED = ["update", "global_step", "episodic_return", "episodic_length", "approx_kl",
             "clipfrac", "policy_loss", "value_loss", "entropy", "explained_variance",
@@ -179,10 +187,108 @@ def test_quiet_run_prints_nothing(tmp_path, capsys):
     assert len(capsys.readouterr().out.splitlines()) == 2
 
 
-def test_truncate_after_drops_later_and_partial_rows(tmp_path):
+HEADER = ",".join(COLUMNS) + "\n"
+
+
+def _csv_row(update):
+    return f"{update},{64 * update}," + ",".join(["0.5"] * (len(COLUMNS) - 2)) + "\n"
+
+
+ROWS = _csv_row(1) + _csv_row(2)
+# (file contents, damage named in the note or None, rows kept for a resume at update 2)
+DAMAGED = [
+    (HEADER + ROWS, None, [1, 2]),
+    (HEADER + ROWS + _csv_row(3) + _csv_row(4), None, [1, 2]),  # rows past the checkpoint: a crash
+    (HEADER + ROWS + "3,192,1.5,", None, [1, 2]),  # a row cut mid-write
+    ((HEADER + ROWS).replace("\n", "\r\n"), None, [1, 2]),
+    (HEADER + _csv_row(1) + "garbage,\x01,line\n" + _csv_row(2), "no metrics row (line 3)", [1, 2]),
+    ((HEADER + ROWS).encode() + b"\0" * 4096, "NUL bytes", [1, 2]),
+    ((HEADER + _csv_row(1)).encode() + b"\0" * 300, "NUL bytes", [1]),
+    (ROWS, "has no header", [1, 2]),
+    ("update,global_step,return\n" + ROWS, "unexpected header", [1, 2]),
+    (HEADER + ROWS + _csv_row(1), "update 1 twice", [1, 2]),
+    (HEADER + _csv_row(2) + _csv_row(1), "out of order", [1, 2]),
+    ((HEADER + ROWS).encode() + b"\xff\xfe\n", "not UTF-8", [1, 2]),
+    (HEADER + _csv_row(1) + _csv_row(2).rsplit(",", 3)[0] + "\n", "no metrics row", [1]),
+    (HEADER + _csv_row(1) + "x" + _csv_row(2), "no metrics row", [1]),
+]
+
+
+@pytest.mark.parametrize(("content", "damage", "kept"), DAMAGED,
+                         ids=[d or f"clean-{i}" for i, (_, d, _) in enumerate(DAMAGED)])
+def test_metrics_repaired_to_the_checkpoint(tmp_path, content, damage, kept):
     path = tmp_path / "metrics.csv"
-    path.write_text("update,x\n1,a\n2,b\n3,c\n4,d\n5,e")  # last line cut mid-write
-    _truncate_after(path, 3)
-    assert path.read_text() == "update,x\n1,a\n2,b\n3,c\n"
-    _truncate_after(path, 3)  # nothing to do
-    assert path.read_text() == "update,x\n1,a\n2,b\n3,c\n"
+    original = content if isinstance(content, bytes) else content.encode()
+    path.write_bytes(original)
+    repair = check_metrics(path, 2)
+    assert path.read_bytes() == original  # checking writes nothing
+    assert (repair.damage is None) == (damage is None)
+    if damage:
+        assert damage in repair.damage
+    notes = repair_metrics(path, repair, 2)
+    assert path.read_text() == HEADER + "".join(_csv_row(u) for u in kept)
+    aside = list(tmp_path.glob("metrics.csv.damaged-*"))
+    if damage:
+        assert [a.read_bytes() for a in aside] == [original]  # the damaged file, kept whole
+        assert notes[0].startswith(f"note: {path} ") and aside[0].name in notes[0]
+    else:
+        assert aside == []
+    missing = ", ".join(str(u) for u in (1, 2) if u not in kept)
+    assert [n for n in notes if "no row" in n] == (
+        [f"note: {path} has no row for update(s) {missing}; those rows are lost"] if missing
+        else [])
+    assert check_metrics(path, 2).changed is False  # a second resume finds nothing to do
+
+
+def test_empty_or_missing_metrics_get_a_header_and_a_note(tmp_path):
+    path = tmp_path / "metrics.csv"
+    for setup in (lambda: path.write_text(""), lambda: path.unlink()):
+        setup()
+        notes = repair_metrics(path, check_metrics(path, 3), 3)
+        assert path.read_text() == HEADER
+        assert notes == [f"note: {path} has no row for update(s) 1-3; those rows are lost"]
+    path.unlink()
+    assert check_metrics(path, 0).changed is False  # a fresh run: the logger writes it
+
+
+def test_metrics_that_are_no_regular_file_are_refused(tmp_path):
+    import os
+
+    fifo = tmp_path / "metrics.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(RunDirError, match="is a FIFO, not a regular file"):
+        check_metrics(fifo, 2)
+    fifo.unlink()
+    fifo.symlink_to("/dev/zero")
+    with pytest.raises(RunDirError, match="character device"):
+        check_metrics(fifo, 2)
+
+
+def test_a_failed_write_names_the_metrics_file(tmp_path, monkeypatch):
+    sink = CsvSink(tmp_path, first_update=1)
+
+    def full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sink.file, "flush", full)
+    row = dict.fromkeys(COLUMNS, 1.0)
+    with pytest.raises(OSError) as info:
+        sink.log(row)
+    assert info.value.filename == str(tmp_path / "metrics.csv")
+    assert info.value.strerror == "No space left on device"
+
+
+def test_columns_added_mid_run_are_kept_by_the_repair(tmp_path):
+    """Evaluation and episode-info columns widen the header; a resume keeps them."""
+    path = tmp_path / "metrics.csv"
+    header = ",".join([*COLUMNS, "eval_return", "info/is_success"]) + "\r\n"
+
+    def row(update):
+        return _csv_row(update).rstrip("\n") + ",12.5,\r\n"
+
+    path.write_text(header + row(1) + row(2) + "garbage\r\n" + row(3), newline="")
+    repair = check_metrics(path, 2)
+    assert repair.damage == "has 1 line(s) that are no metrics row (line 4)"
+    repair_metrics(path, repair, 2)
+    assert path.read_bytes() == (header + row(1) + row(2)).encode()
+    assert check_metrics(path, 2).changed is False

@@ -43,6 +43,14 @@ def test_settings_say_where_they_come_from(path):
     assert "score" in header or "measured" in header
 
 
+def test_gsde_tasks_use_it():
+    """The Zoo's Pendulum and MountainCarContinuous settings use gSDE, with its sample
+    frequency (every 4 steps; once per rollout)."""
+    for env_id, freq in (("Pendulum-v1", 4), ("MountainCarContinuous-v0", -1)):
+        config = from_dict(tomllib.loads((SETTINGS / f"{env_id}.toml").read_text()))
+        assert config.use_sde and config.sde_sample_freq == freq
+
+
 def test_sources_table_lists_every_file():
     sources = (SETTINGS / "SOURCES.md").read_text()
     for path in FILES:

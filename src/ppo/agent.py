@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from ppo import checkpoint
 from ppo.advantages import prepare_batch
-from ppo.config import Config, ConfigError
+from ppo.config import Config, ConfigError, check_memory
 from ppo.console import rounding_note
 from ppo.distributed import join_from_env
 from ppo.envs import EnvSource, make_env, make_vector_env
@@ -53,6 +54,11 @@ class PPO:
         the MLPs; `network(obs_width, action_spec)` returns a whole actor-critic module whose
         forward gives (distribution parameters, value). Either trains on the torch learner;
         `PPO.load` needs the same one again."""
+        if not isinstance(config, Config):
+            raise ConfigError(f"config must be a ppo.Config, got {type(config).__name__}")
+        if env is not None and not (isinstance(env, str | gym.Env | VectorEnv) or callable(env)):
+            raise ConfigError("env must be an env id, a gymnasium.Env, a factory of them or a "
+                              f"VectorEnv, got {type(env).__name__}")
         self.config = cfg = config.validate()
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError("device cuda requested but torch sees no CUDA device")
@@ -76,6 +82,12 @@ class PPO:
             print(f"note: observation parts {', '.join(self.encoder.dropped)} are text and are "
                   "not shown to the networks", file=sys.stderr)
         self.action_spec = ActionSpec(self.envs.single_action_space)
+        if features_extractor is None and network is None:
+            try:  # before the networks and buffers are allocated
+                check_memory(cfg, self.encoder.width, self.action_spec.num_params)
+            except ConfigError:
+                self.envs.close()
+                raise
         self.model = build(self.encoder.width, self.action_spec, cfg, features_extractor,
                            network).to(self.device)
         if cfg.algo == "trpo" and (type(self.model) is not ActorCritic
@@ -94,7 +106,8 @@ class PPO:
         self.shuffle_rng = np.random.default_rng([cfg.seed, 2])
         self.policy = make_policy(self.model, self.action_spec)
         self.collector = Collector(self.envs, self.policy, self.encoder, self.action_spec,
-                                   self.action_rng, self.obs_normalizer, reward_scaler)
+                                   self.action_rng, self.obs_normalizer, reward_scaler,
+                                   cfg.sde_sample_freq if cfg.use_sde else None)
         self.global_step = 0
         self.update = 0
         self.best_eval_return = -math.inf
@@ -166,6 +179,15 @@ class PPO:
         `callback(row, agent)` runs after every update; returning False stops the run cleanly
         (with a final checkpoint).
         """
+        if total_timesteps is not None and (
+                not isinstance(total_timesteps, int) or isinstance(total_timesteps, bool)):
+            raise ConfigError(f"total_timesteps must be an integer, got {total_timesteps!r}")
+        # One writer per run directory, from the first write to the last (see checkpoint.py).
+        with (nullcontext() if self.run_dir is None
+              else checkpoint.run_dir_lock(self.run_dir, create=True)):
+            return self._learn(total_timesteps, callback)
+
+    def _learn(self, total_timesteps: int | None, callback: Callback | None) -> PPO:
         cfg = self.config
         end_step = cfg.total_timesteps if total_timesteps is None else (
             self.global_step + total_timesteps)
@@ -197,11 +219,12 @@ class PPO:
                         break
                     if self._target_reached(row, evaluator):
                         break
-            if self.run_dir is not None:
-                checkpoint.write(self)
+                # Inside StopSignals: a second Ctrl-C can't cut the final checkpoint short.
+                if self.run_dir is not None:
+                    checkpoint.write(self)
             if self.verbose:
                 for line in logger.summary():
-                    print(line, file=sys.stderr)
+                    print(line)
         finally:
             logger.close()
             if evaluator is not None:
@@ -260,10 +283,18 @@ class PPO:
              **overrides: Any) -> PPO:
         """Rebuild an agent from a checkpoint file, or from a run directory's latest one (with
         the same feature extractor or network, if it was trained with one)."""
+        if not isinstance(path, str | os.PathLike):
+            raise ConfigError(f"path must be a str or Path, got {type(path).__name__}")
         path = Path(path)
-        if path.is_dir():
-            path = checkpoint.latest_checkpoint(path)
-        tensors, meta = checkpoint.load_checkpoint(path)
+        if path.is_dir():  # the newest checkpoint that is valid, saying which were skipped
+            found = checkpoint.newest_valid_checkpoint(
+                path, check=lambda t, m, p: checkpoint.check_meta(m, p))
+            for why in found.skipped if verbose else ():
+                print(f"note: skipped checkpoint {why}", file=sys.stderr)
+            path, tensors, meta = found.path, found.tensors, found.meta
+        else:
+            tensors, meta = checkpoint.load_checkpoint(path)
+            checkpoint.check_meta(meta, path)
         # A file's own idea of where its run lives is never trusted with writes: a loaded
         # agent writes nowhere unless given a run_dir (resume passes the directory it read).
         stored = {k: v for k, v in meta["config"].items() if k != "run_dir"}
@@ -278,8 +309,7 @@ class PPO:
         run_dir = Path(run_dir)
         if not (run_dir / "config.toml").exists():
             raise checkpoint.CheckpointError(f"{run_dir} is not a run directory (no config.toml)")
-        return cls.load(checkpoint.latest_checkpoint(run_dir), verbose=verbose,
-                        run_dir=str(run_dir), **overrides)
+        return cls.load(run_dir, verbose=verbose, run_dir=str(run_dir), **overrides)
 
     def close(self) -> None:
         self.envs.close()

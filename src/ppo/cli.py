@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import multiprocessing
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import click
 
 from ppo import settings
-from ppo.config import GROUPS, Config, ConfigError, flag_name, from_dict, load_toml, to_flags
+from ppo.config import (
+    GROUPS,
+    Config,
+    ConfigError,
+    flag_name,
+    from_dict,
+    load_toml,
+    read_regular_file,
+    refuse_unnamed_imports,
+    to_flags,
+)
 from ppo.experiments import EXPERIMENTS
 from ppo.extras import require
 
@@ -35,18 +49,32 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
-def _run_guarded(fn: Callable[[], Any]) -> Any:
-    from ppo.checkpoint import CheckpointError
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The errors that report bad input or a failed run, as one line without a traceback."""
+    from ppo.checkpoint import CheckpointError, RunDirError
     from ppo.distributed import DistributedError
-    from ppo.launcher import Stopped
     from ppo.learners import NonFiniteError
     from ppo.rollout import EnvValueError, EnvWorkerError
 
+    return (ConfigError, CheckpointError, RunDirError, EnvValueError, EnvWorkerError,
+            NonFiniteError, DistributedError)
+
+
+def _as_user_error(e: Exception, message: str | None = None) -> UserError:
+    from ppo.distributed import DistributedError
+
+    error = UserError(str(e) if message is None else message)
+    error.secondary = isinstance(e, DistributedError)  # likely another rank's failure
+    return error
+
+
+def _run_guarded(fn: Callable[[], Any]) -> Any:
+    from ppo.launcher import Stopped
+
     try:
         return fn()
-    except (ConfigError, CheckpointError, EnvValueError, EnvWorkerError, NonFiniteError,
-            DistributedError) as e:
-        raise UserError(str(e)) from None
+    except _user_errors() as e:
+        raise _as_user_error(e) from None
     except Stopped as e:
         click.echo(str(e), err=True)
         sys.exit(128 + e.signum)
@@ -115,7 +143,7 @@ def preset_names() -> list[str]:
 def load_preset(name: str) -> dict[str, Any]:
     if name not in preset_names():
         raise ConfigError(f"unknown preset {name!r}; `ppo presets` lists them")
-    return load_toml(Path(str(resources.files("ppo.presets") / f"{name}.toml")))
+    return load_toml(Path(str(resources.files("ppo.presets") / f"{name}.toml")), "preset")
 
 
 def _train_args(ctx: click.Context, leave_out: set[str]) -> list[str]:
@@ -134,22 +162,68 @@ def _train_args(ctx: click.Context, leave_out: set[str]) -> list[str]:
     return args + to_flags(_parse_flags({k: v for k, v in given.items() if k in CONFIG_FIELDS}))
 
 
+# torchrun without its traceback when a worker fails: the worker has said why, in one line.
+TORCHRUN = """import logging, sys
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+from torch.distributed.run import parse_args, run
+logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+try:
+    run(parse_args(sys.argv[1:]))
+except ChildFailedError as e:
+    codes = [f.exitcode for f in e.failures.values()]
+    sys.exit(next((c for c in codes if 0 < c < 256), 1))
+"""
+# Where the workers of `--nproc` leave their error line for the launcher to print once.
+ERRORS_DIR_ENV = "PPO_NPROC_ERRORS"
+
+
 def _launch_torchrun(nproc: int, args: list[str]) -> int:
-    """`torchrun --standalone --nproc-per-node N -m ppo train ARGS`; returns its exit status."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc-per-node={nproc}", "-m", "ppo", "train", *args]
+    """`torchrun --standalone --nproc-per-node N -m ppo train ARGS`; returns its exit status.
+    Each worker's error line goes to a file; the distinct ones are printed here, once."""
+    errors = Path(tempfile.mkdtemp(prefix="ppo-nproc-"))
+    command = [sys.executable, "-c", TORCHRUN, "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "ppo", "train", *args]
     # One thread per rank, as torchrun would set, without its warning about it.
-    process = subprocess.Popen(command, env={"OMP_NUM_THREADS": "1", **os.environ})
-    # Ctrl-C reaches torchrun and the workers directly; SIGTERM is passed on. Either way the
-    # workers finish their update and checkpoint; wait for them.
-    previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-                signal.SIGTERM: signal.signal(signal.SIGTERM,
-                                              lambda signum, _: process.send_signal(signum))}
+    env = {"OMP_NUM_THREADS": "1", **os.environ, ERRORS_DIR_ENV: str(errors)}
     try:
-        return process.wait()
+        process = subprocess.Popen(command, env=env)
+        # Ctrl-C reaches torchrun and the workers directly; SIGTERM is passed on. Either way
+        # the workers finish their update and checkpoint; wait for them.
+        previous = {signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+                    signal.SIGTERM: signal.signal(signal.SIGTERM,
+                                                  lambda signum, _: process.send_signal(signum))}
+        try:
+            status = process.wait()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+        for line in _worker_errors(errors):
+            click.echo(line, err=True)
+        return status
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        shutil.rmtree(errors, ignore_errors=True)
+
+
+def _worker_errors(errors: Path) -> list[str]:
+    """The distinct error lines of the workers, rank 0's first; a rank that only lost
+    contact with the others (because one failed) is not the cause, and is left out when
+    another rank said what went wrong."""
+    found = []
+    for path in sorted(errors.glob("rank*"), key=lambda p: int(p.name[4:])):
+        kind, _, line = path.read_text().partition("\t")
+        found.append((kind, line.rstrip("\n")))
+    causes = [line for kind, line in found if kind == "cause"]
+    return list(dict.fromkeys(causes or [line for _, line in found][:1]))
+
+
+def _report_error(line: str, secondary: bool) -> None:
+    """An error line: on stderr, or, in a worker of `--nproc`, for the launcher to print."""
+    errors = os.environ.get(ERRORS_DIR_ENV)
+    if errors and "RANK" in os.environ and Path(errors).is_dir():
+        kind = "contact" if secondary else "cause"
+        (Path(errors) / f"rank{int(os.environ['RANK'])}").write_text(f"{kind}\t{line}\n")
+    else:
+        click.echo(line, err=True)
 
 
 def default_run_dir(cfg: Config, seed: bool = True) -> str:
@@ -196,15 +270,21 @@ class GroupedHelp(click.Command):
 class OneLineErrors(click.Group):
     """Every usage error, Click's own included, as one `error:` line with exit status 2."""
 
-    def main(self, *args: Any, **kwargs: Any) -> Any:
+    def main(self, args: list[str] | None = None, *rest: Any, **kwargs: Any) -> Any:
+        if not (sys.argv[1:] if args is None else args):  # plain `ppo`: its help
+            with click.Context(self, info_name=kwargs.get("prog_name", "ppo")) as ctx:
+                click.echo(self.get_help(ctx))
+            return 0
         try:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return super().main(args, *rest, standalone_mode=False, **kwargs)
         except click.ClickException as e:
-            click.echo(f"error: {e.format_message()}", err=True)
+            _report_error(f"error: {e.format_message()}", getattr(e, "secondary", False))
             sys.exit(e.exit_code)
-        except click.Abort:
-            click.echo("error: aborted", err=True)
-            sys.exit(1)
+        except click.Abort:  # Ctrl-C before training started (Click prints a newline first)
+            click.echo("error: interrupted before training started", err=True)
+            sys.exit(128 + signal.SIGINT)
+
+
 
 
 @click.group(cls=OneLineErrors,
@@ -213,9 +293,14 @@ def main() -> None:
     """Proximal Policy Optimization (PPO-Clip) on PyTorch and Gymnasium."""
 
 
+# Stop signals: what a terminal sends to the whole foreground process group.
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
 @main.command(cls=GroupedHelp)
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
-              help="TOML file of settings; flags override it.")
+              help="TOML file of settings; flags override it. An env or wrapper given as "
+              "module:Name in it is imported only when --env or --wrapper names it too.")
 @click.option("--preset", help="A shipped hyperparameter preset (see `ppo presets`); it "
               "replaces the env's own settings.")
 @click.option("--defaults", type=click.Choice(settings.DEFAULTS), default="task",
@@ -224,7 +309,8 @@ def main() -> None:
               "else those for its kind of task: `ppo presets` lists both), kind (those for its "
               "kind of task), or plain (the defaults listed here).")
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path),
-              help="Continue the run in this directory from its last checkpoint.")
+              help="Continue the run in this directory from its last valid checkpoint. --env "
+              "and --wrapper may name its env and wrappers (needed for module:Name ones).")
 @click.option("--seeds", "seed_list",
               help="Train these seeds (e.g. 0-4, or 0,3,7), each as its own `ppo train` "
               "process, in one group directory: --run-dir, default runs/<env>__<time>, with "
@@ -241,10 +327,6 @@ def train(config_file: Path | None, preset: str | None, defaults: str,
           nproc: int | None, **flags: Any) -> None:
     """Train an agent. Plain `ppo train` trains LunarLander-v3 with the standard PPO settings
     (Schulman et al. 2017)."""
-    from ppo.agent import PPO
-    from ppo.checkpoint import holds_run
-    from ppo.signals import Interrupted
-
     if nproc is not None and "WORLD_SIZE" in os.environ:
         raise UserError("--nproc launches torchrun, and this process already runs under "
                         "torchrun (WORLD_SIZE is set); give the process count to torchrun only")
@@ -255,56 +337,365 @@ def train(config_file: Path | None, preset: str | None, defaults: str,
     if jobs is not None:
         raise UserError("--jobs applies to --seeds only")
     if nproc is not None and nproc > 1:
+        cores = os.cpu_count() or 1
+        if nproc > cores:
+            raise UserError(f"--nproc {nproc} is more processes than this machine's {cores} "
+                            "cores")
+        # Bad input is reported once, here, not by each of the processes.
+        _run_guarded(lambda: _check_train(config_file, preset, defaults, resume_dir, flags))
         sys.exit(_launch_torchrun(nproc, _train_args(click.get_current_context(), {"nproc"})))
+    stdout = _ClosablePipe.install()
 
     def run() -> None:
         given = _parse_flags(flags)
         if resume_dir is not None:
-            fixed = sorted(set(given) - RESUMABLE)
-            if fixed or config_file or preset:
-                raise ConfigError(
-                    "a resumed run keeps its config; only "
-                    f"{', '.join(sorted(RESUMABLE))} may be given with --resume")
-            if given.get("track"):
-                require("wandb", "--track")
-            agent = PPO.resume(resume_dir, verbose=not quiet, **given)
-            if agent.rank == 0:
-                click.echo(f"resuming {resume_dir} at update {agent.update}, "
-                           f"step {agent.global_step}", err=True)
+            if not (resume_dir / "config.toml").exists():
+                raise ConfigError(f"{resume_dir} is not a run directory (no config.toml)")
+            # Held from the first check to the last write: nobody changes the run in between.
+            with _run_lock(resume_dir):
+                agent = _resume(resume_dir, given, quiet, config_file, preset)
+                _train(agent, resume_dir, False, stdout)
         else:
-            cfg, source = _resolve(config_file, preset, defaults, given)
-            if cfg.run_dir is None:
-                cfg = cfg.replace(run_dir=default_run_dir(cfg))
-            if holds_run(cfg.run_dir):
-                raise ConfigError(
-                    f"{cfg.run_dir} already holds a run; use --resume or another --run-dir")
-            agent = PPO(cfg, verbose=not quiet)
-            if agent.rank == 0:
-                click.echo(source, err=True)
-                click.echo(f"run directory: {cfg.run_dir}", err=True)
-        try:
-            agent.learn()
-        except Interrupted as e:
-            if agent.rank == 0:
-                click.echo(f"{e}; checkpoint written, resume with --resume", err=True)
-            sys.exit(128 + e.signum)
-        finally:
-            agent.close()
+            cfg, source = _fresh_config(config_file, preset, defaults, given)
+            agent = _build(lambda: _agent_class()(cfg, verbose=not quiet))
+            _train(agent, Path(cfg.run_dir), True, stdout, source)
 
     _run_guarded(run)
+
+
+def _agent_class() -> type:
+    from ppo.agent import PPO
+
+    return PPO
 
 
 def _resolve(config_file: Path | None, preset: str | None, defaults: str,
              given: dict[str, Any]) -> tuple[Config, str]:
     """The run's settings (ppo.settings: the env's own or its kind's, then the preset, the
     config file and the flags), validated, with the extras they need installed; and the line
-    saying where the base settings came from."""
-    resolved = settings.resolve(given, load_toml(config_file) if config_file else None,
-                                load_preset(preset) if preset else None, defaults)
+    saying where the base settings came from. An env or wrapper a file names with a module
+    part is imported only if the flags name it too (README, Security)."""
+    file_values = load_toml(config_file) if config_file else None
+    preset_values = load_preset(preset) if preset else None
+    for values, origin in ((file_values, str(config_file)), (preset_values, f"preset {preset}")):
+        if values:
+            refuse_unnamed_imports(values, given, origin)
+    resolved = settings.resolve(given, file_values, preset_values, defaults)
+    refuse_unnamed_imports(resolved.values, given, "the shipped settings")
     cfg = from_dict(resolved.values)
     if cfg.track:
         require("wandb", "--track")
     return cfg, resolved.source
+
+
+def _check_train(config_file: Path | None, preset: str | None, defaults: str,
+                 resume_dir: Path | None, flags: dict[str, Any]) -> None:
+    """Everything `ppo train` checks before it starts, without starting: for --nproc."""
+    from ppo.envs import make_env
+    from ppo.spaces import ActionSpec, ObsEncoder
+
+    given = _parse_flags(flags)
+    if resume_dir is not None:
+        _resume_point(resume_dir, given, config_file, preset)
+        return
+    cfg, _ = _fresh_config(config_file, preset, defaults, given)
+    env = make_env(cfg)
+    try:
+        ObsEncoder(env.observation_space)
+        ActionSpec(env.action_space)
+    finally:
+        env.close()
+
+
+def _fresh_config(config_file: Path | None, preset: str | None, defaults: str,
+                  given: dict[str, Any]) -> tuple[Config, str]:
+    """The config of a new run, checked with all that can be checked before its envs exist:
+    values, what they would import, memory, the run directory."""
+    from ppo.checkpoint import run_files
+    from ppo.config import check_memory
+
+    cfg, source = _resolve(config_file, preset, defaults, given)
+    if cfg.run_dir is None:
+        cfg = cfg.replace(run_dir=default_run_dir(cfg))
+    check_memory(cfg, 1, 1)  # the config alone; the agent checks again with the env's widths
+    run_dir = Path(cfg.run_dir)
+    if os.path.lexists(run_dir) and not run_dir.is_dir():
+        raise ConfigError(f"run directory {run_dir} exists and is not a directory")
+    if files := run_files(run_dir):
+        raise ConfigError(f"{run_dir} already holds a run ({', '.join(files)}); use --resume "
+                          "or another --run-dir")
+    parent = run_dir.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot create run directory {run_dir}: {parent} is not a "
+                          "writable directory")
+    return cfg, source
+
+
+class _ResumePoint(NamedTuple):
+    checkpoint: Path
+    update: int
+    overrides: dict[str, Any]
+    notes: list[str]
+
+
+def _resume_point(run_dir: Path, given: dict[str, Any], config_file: Path | None,
+                  preset: str | None) -> _ResumePoint:
+    """Read-only: the checkpoint to resume from and what must be said about the run's files.
+    Every check a resume makes happens here, before anything is written. --env and --wrapper
+    name the run's own env and wrappers (a module they name is imported only then)."""
+    from ppo.checkpoint import check_meta, newest_valid_checkpoint
+    from ppo.metrics import check_metrics
+
+    named = {k: given.pop(k) for k in ("env_id", "wrappers") if k in given}
+    fixed = sorted(set(given) - RESUMABLE)
+    if fixed or config_file or preset:
+        raise ConfigError(
+            "a resumed run keeps its config; only "
+            f"{', '.join(sorted(RESUMABLE))} may be given with --resume (and --env and "
+            "--wrapper, naming its own)")
+    if given.get("track"):
+        require("wandb", "--track")
+    if not (run_dir / "config.toml").exists():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.toml)")
+    found = newest_valid_checkpoint(run_dir, check=lambda t, meta, path: check_meta(meta, path))
+    notes = [f"note: skipped checkpoint {why}" for why in found.skipped]
+    stored = found.meta["config"]
+    stored_env = stored.get("env_id", Config.env_id)
+    stored_wrappers = stored.get("wrappers", [])
+    if "env_id" in named and named["env_id"] != stored_env:
+        raise ConfigError(f"a resumed run keeps its env, {stored_env}; --env may only name it")
+    if "wrappers" in named and ([w["path"] for w in named["wrappers"]]
+                                != [w["path"] for w in stored_wrappers]):
+        raise ConfigError("a resumed run keeps its wrappers, "
+                          f"{', '.join(w['path'] for w in stored_wrappers) or 'none'}; "
+                          "--wrapper may only name them, in order")
+    refuse_unnamed_imports(stored, named, str(found.path))
+    repair = check_metrics(run_dir / "metrics.csv", found.meta["update"])
+    if found.skipped or repair.changed:
+        notes.append(f"note: resuming from {found.path.name}, update {found.meta['update']}")
+    # The names go on to PPO.load, which imports only what they name; the stored wrappers
+    # keep their kwargs.
+    overrides = {**given, **({"env_id": stored_env} if "env_id" in named else {}),
+                 **({"wrappers": stored_wrappers} if "wrappers" in named else {})}
+    return _ResumePoint(found.path, found.meta["update"], overrides, notes)
+
+
+def _resume(run_dir: Path, given: dict[str, Any], quiet: bool, config_file: Path | None,
+            preset: str | None) -> Any:
+    """The agent of a resumed run, its files repaired once every check has passed. The
+    caller holds the run directory."""
+    from ppo.metrics import check_metrics, repair_metrics
+
+    point = _resume_point(run_dir, given, config_file, preset)
+    agent = _build(lambda: _agent_class().load(point.checkpoint, verbose=not quiet,
+                                               run_dir=str(run_dir), **point.overrides))
+    if agent.rank == 0:
+        metrics = run_dir / "metrics.csv"
+        try:
+            notes = point.notes + repair_metrics(
+                metrics, check_metrics(metrics, point.update), point.update)
+        except BaseException:
+            _close(agent, failing=True)
+            raise
+        for note in notes:
+            click.echo(note, err=True)
+    return agent
+
+
+def _run_lock(run_dir: Path, create: bool = False) -> contextlib.AbstractContextManager:
+    """The run directory's writer lock, in the process that writes it (rank 0 under torchrun)."""
+    from ppo.checkpoint import run_dir_lock
+
+    if os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext(run_dir)
+    return run_dir_lock(run_dir, create=create)
+
+
+def _train(agent: Any, run_dir: Path, fresh: bool, stdout: _ClosablePipe,
+           source: str | None = None) -> None:
+    """Hold the run directory and train; errors end as one line that names the run. What
+    the run is (where its settings come from, its directory) goes to stdout, so that stderr
+    holds diagnostics only."""
+    from ppo.checkpoint import run_files
+    from ppo.signals import Interrupted
+
+    if agent.rank == 0:
+        if source is not None:
+            stdout.echo(source)
+        stdout.echo(f"run directory: {run_dir}" if fresh else f"resuming {run_dir} at update "
+                    f"{agent.update}, step {agent.global_step}")
+    if stdout.closed:  # its reader left before training began: nothing to train for
+        _close(agent, failing=False)
+        click.echo("standard output was closed (its reader exited) before training started",
+                   err=True)
+        sys.exit(128 + signal.SIGPIPE)
+    with _StopGuard() as guard:
+        stdout.on_close = guard.stop_training
+        failing = True
+        try:
+            with _run_lock(run_dir, create=fresh):
+                if fresh and agent.rank == 0 and (files := run_files(run_dir)):
+                    raise ConfigError(f"{run_dir} already holds a run ({', '.join(files)}); "
+                                      "use --resume or another --run-dir")
+                guard.started = True
+                try:
+                    agent.learn()
+                except Interrupted as e:
+                    if agent.rank == 0:
+                        cause = ("standard output was closed (its reader exited)"
+                                 if stdout.closed else "the terminal closed (SIGHUP)"
+                                 if guard.hangup else f"{signal.Signals(e.signum).name} received")
+                        click.echo(f"{cause}: stopped after update {agent.update} with a "
+                                   f"checkpoint; continue with: ppo train --resume {run_dir}",
+                                   err=True)
+                    failing = False
+                    signum = (signal.SIGPIPE if stdout.closed else
+                              signal.SIGHUP if guard.hangup else e.signum)
+                    sys.exit(128 + signum)
+                failing = False
+        except _user_errors() as e:
+            message = str(e)
+            if str(run_dir) not in message:  # the line must stand alone: say which run stopped
+                message += f" (run directory {run_dir})"
+            raise _as_user_error(e, message) from None
+        finally:
+            _close(agent, failing)
+
+
+def _close(agent: Any, failing: bool) -> None:
+    """Close the envs; when an error is already on its way out, a second one from closing
+    (a dead worker's pipe) must not replace it. Env worker processes still alive after a
+    failure are killed: they ignore the stop signals (see _build), and would otherwise be
+    waited for forever at exit."""
+    try:
+        agent.close()
+    except Exception as e:
+        failing_close = f"could not close the envs cleanly: {type(e).__name__}: {e}"
+    else:
+        failing_close = None
+    if failing or failing_close:
+        for child in multiprocessing.active_children():
+            child.kill()
+    if failing_close and not failing:
+        raise UserError(failing_close)
+
+
+def _build(make: Callable[[], Any]) -> Any:
+    """The agent `make` builds, its subprocess env workers deaf to Ctrl-C, SIGTERM and
+    SIGHUP sent to the process group (a terminal sends Ctrl-C to all): this process stops
+    after the update, checkpoints, then closes them. Blocked, not ignored: workers inherit
+    the blocked mask, and a signal that arrives meanwhile reaches this process after."""
+    agent = None
+    try:
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            agent = make()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a pending Ctrl-C: here
+    except BaseException:
+        if agent is not None:
+            _close(agent, failing=True)
+        raise
+    return agent
+
+
+class _StopGuard:
+    """Signals around `learn`, whose own handlers turn Ctrl-C and SIGTERM into a stop after
+    the update. SIGHUP (the terminal closed) stops it as SIGTERM does. Outside those handlers
+    once training has started (the last checkpoint, closing the envs), Ctrl-C and SIGTERM are
+    noted, not obeyed, so that an impatient second Ctrl-C cannot cut the checkpoint or the
+    cleanup short; a third ends the process. Before training they act as without the guard."""
+
+    def __init__(self) -> None:
+        self.hangup = False
+        self.started = False
+        self.late = 0
+
+    def stop_training(self) -> None:
+        """Ask a running `learn` to stop after the update, as SIGTERM does."""
+        if self.started:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def _on_hangup(self, signum: int, frame: Any) -> None:
+        self.hangup = True
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    def _on_stop(self, signum: int, frame: Any) -> None:
+        self.late += 1
+        if not self.started or self.late >= 3:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    def __enter__(self) -> _StopGuard:
+        self.previous = {signal.SIGHUP: signal.signal(signal.SIGHUP, self._on_hangup)}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self._on_stop)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+class _ClosablePipe:
+    """stdout for `ppo train`: when its reader goes away (`ppo train | head`), the run stops
+    after the current update with a checkpoint, as on Ctrl-C, and writes nothing more there.
+    Stopping (not training on unseen) is what a closed pipe asks of a producer; the
+    checkpoint makes the stop lossless."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+        self.closed = False
+        self.on_close: Callable[[], None] | None = None  # told once the reader has gone
+
+    @classmethod
+    def install(cls) -> _ClosablePipe:
+        if sys.stdout is None:  # started with stdout closed
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the process's lifetime)
+        guard = cls(sys.stdout)
+        sys.stdout = guard
+        return guard
+
+    def write(self, text: str) -> int:
+        if self.closed:
+            return len(text)
+        with self._failures():
+            return self.stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed:
+            with self._failures():
+                self.stream.flush()
+
+    @contextlib.contextmanager
+    def _failures(self) -> Iterator[None]:
+        try:
+            yield
+        except BrokenPipeError:
+            self._reader_gone()
+        except OSError as e:  # a full disk under `> log`: say it was standard output
+            raise OSError(e.errno, e.strerror, "standard output") from None
+
+    def echo(self, line: str) -> None:
+        self.write(line + "\n")
+        self.flush()
+
+    def _reader_gone(self) -> None:
+        self.closed = True
+        # Later writes, and the interpreter's last flush, go nowhere instead of failing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.stream.fileno())
+        os.close(devnull)
+        if self.on_close is not None:
+            self.on_close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 # What defines a group of seeds: everything but the seed and what a resumed run may change.
@@ -366,37 +757,84 @@ def _train_seeds(seed_list: str, jobs: int, config_file: Path | None, preset: st
         sys.exit(1)
 
 
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov")
+
+
 @main.command("eval")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--episodes", default=100, show_default=True, type=click.IntRange(min=1))
 @click.option("--deterministic/--stochastic", default=True, show_default=True,
               help="Take the policy's most likely action, or sample it.")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
-              help="Checkpoint file (default: the run's latest).")
-@click.option("--seed", default=10_000, show_default=True,
+              help="Checkpoint file (default: the run's latest valid one).")
+@click.option("--seed", default=10_000, show_default=True, type=click.IntRange(0, 2**63 - 1),
               help="Seed of the evaluation episodes, kept apart from training seeds.")
-@click.option("--video", type=click.Path(path_type=Path), help="Record one episode to this .mp4.")
+@click.option("--video", type=click.Path(path_type=Path),
+              help="Record one episode to this video file (.mp4, .mkv or .mov).")
+@click.option("--env", "env_id", help="Evaluate on this env (default: the run's). An env given "
+              "as module:Name is imported only when named here.")
+@click.option("--wrapper", "wrappers", multiple=True, metavar="MODULE:CLASS",
+              help="The run's wrappers, named (a module:Class wrapper is imported only when "
+              "named here), or others to evaluate with; repeatable.")
 def eval_command(run_dir: Path, episodes: int, deterministic: bool, checkpoint: Path | None,
-                 seed: int, video: Path | None) -> None:
+                 seed: int, video: Path | None, env_id: str | None,
+                 wrappers: tuple[str, ...]) -> None:
     """Mean and std of the return of a trained agent, over fresh episodes."""
-    from ppo.agent import PPO
+    from ppo.checkpoint import check_meta, load_checkpoint, newest_valid_checkpoint
     from ppo.evaluation import evaluate, record_video
 
     def run() -> None:
-        if not run_dir.is_dir():
+        if not run_dir.exists():
             raise ConfigError(f"run directory not found: {run_dir}")
+        if not run_dir.is_dir():
+            raise ConfigError(f"{run_dir} is not a run directory")
         if video is not None:
             require("video", "--video")
-        agent = PPO.load(checkpoint or run_dir, verbose=False, num_envs=1, vector="sync")
-        returns = evaluate(agent, episodes, deterministic, seed)
-        mode = "deterministic" if deterministic else "stochastic"
-        click.echo(f"{agent.config.env_id}: return {returns.mean():.1f} +- {returns.std():.1f} "
-                   f"over {episodes} episodes ({mode}, update {agent.update})")
-        if video is not None:
-            click.echo(f"video: {record_video(agent, video, deterministic, seed)}")
-        agent.close()
+            _check_video_path(video)
+        source = checkpoint if checkpoint is not None else run_dir
+        if source.is_dir():
+            found = newest_valid_checkpoint(source, check=lambda t, m, p: check_meta(m, p))
+            for why in found.skipped:
+                click.echo(f"note: skipped checkpoint {why}", err=True)
+            path, meta = found.path, found.meta
+        else:
+            path, (_, meta) = source, load_checkpoint(source)
+            check_meta(meta, path)
+        stored = meta["config"].get("wrappers", [])
+        named: dict[str, Any] = {"env_id": env_id} if env_id else {}
+        if wrappers:
+            same = list(wrappers) == [w["path"] for w in stored]
+            named["wrappers"] = stored if same else [{"path": w} for w in wrappers]
+        refuse_unnamed_imports(meta["config"], named, str(path))
+        agent = _agent_class().load(path, verbose=False, num_envs=1, vector="sync", **named)
+        failing = True
+        try:
+            returns = evaluate(agent, episodes, deterministic, seed)
+            mode = "deterministic" if deterministic else "stochastic"
+            click.echo(f"{agent.config.env_id}: return {returns.mean():.1f} +- "
+                       f"{returns.std():.1f} over {episodes} episodes ({mode}, update "
+                       f"{agent.update})")
+            if video is not None:
+                click.echo(f"video: {record_video(agent, video, deterministic, seed)}")
+            failing = False
+        finally:
+            _close(agent, failing)
 
     _run_guarded(run)
+
+
+def _check_video_path(video: Path) -> None:
+    """Refuse, before evaluating, a video path that cannot be written as a video."""
+    if video.suffix.lower() not in VIDEO_SUFFIXES:
+        raise ConfigError(f"--video {video}: give a video file name ending in "
+                          f"{', '.join(VIDEO_SUFFIXES)}")
+    if os.path.lexists(video) and not video.is_file():
+        raise ConfigError(f"--video {video} exists and is not a regular file")
+    parent = video.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--video {video}: {parent} is not a writable directory")
 
 
 @main.command()
@@ -423,10 +861,18 @@ def plot(targets: tuple[str, ...], eps: float, out: Path | None) -> None:
     from ppo.stats import iqm_estimate
 
     def run() -> None:
+        if out is not None and out.suffix.lower() not in figures.FORMATS:
+            raise ConfigError(f"--out {out}: give an image name ending in "
+                              f"{', '.join(figures.FORMATS)}")
         if targets == ("objective",):
             click.echo(str(figures.plot_objective(eps, out or Path(f"objective_eps{eps}.png"))))
             return
+        for target in targets:
+            if not Path(target).is_dir():
+                raise ConfigError(f"run directory not found: {target}")
         dirs = [run for t in targets for run in group_members(Path(t))]
+        for d in dirs:
+            _check_run_files_readable(d)
         curves = figures.plot_runs(dirs, out or Path(targets[0]) / "curves.png")
         groups = figures.group_runs(dirs)
         by_env: dict[str, dict[str, Any]] = {}
@@ -444,6 +890,18 @@ def plot(targets: tuple[str, ...], eps: float, out: Path | None) -> None:
         _run_guarded(run)
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def _check_run_files_readable(run_dir: Path) -> None:
+    """A run directory whose files are regular and of bounded size (a FIFO would hang)."""
+    from ppo.metrics import METRICS_MAX_BYTES
+
+    if not run_dir.is_dir():
+        raise ConfigError(f"run directory not found: {run_dir}")
+    if os.path.lexists(run_dir / "config.toml"):
+        load_toml(run_dir / "config.toml", "run config")
+    if os.path.lexists(run_dir / "metrics.csv"):
+        read_regular_file(run_dir / "metrics.csv", "metrics file", METRICS_MAX_BYTES)
 
 
 @main.command()
@@ -547,7 +1005,7 @@ def experiment(name: str, out: Path, seeds: int | None, steps: int | None, jobs:
 @main.command()
 @click.argument("implementation", type=click.Choice(["numpy"]))
 @click.option("--env", "env_id", default="CartPole-v1", show_default=True)
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**32 - 1))
 @click.option("--iterations", default=300, show_default=True, type=click.IntRange(min=1))
 @click.option("--target-return", type=float, default=475.0, show_default=True,
               help="Stop once the mean return of the last 100 episodes reaches this.")
@@ -557,8 +1015,42 @@ def reference(implementation: str, env_id: str, seed: int, iterations: int,
     with the clipped surrogate's gradient derived by hand (no autograd)."""
     from ppo.reference.numpy_ppo import train as numpy_train
 
-    _run_guarded(lambda: numpy_train(env_id=env_id, seed=seed, iterations=iterations,
-                                     target_return=target_return))
+    def run() -> None:
+        _check_numpy_env(env_id)
+        numpy_train(env_id=env_id, seed=seed, iterations=iterations,
+                    target_return=target_return)
+
+    _run_guarded(run)
+
+
+NUMPY_MAX_OBS = 10_000
+
+
+def _check_numpy_env(env_id: str) -> None:
+    """The NumPy PPO takes flat Box observations and Discrete actions."""
+    import gymnasium as gym
+    from gymnasium import spaces
+
+    from ppo.envs import env_spec
+
+    try:
+        env = gym.make(env_spec(env_id))
+    except ConfigError:
+        raise
+    except Exception as e:  # an env's constructor can raise anything
+        raise ConfigError(f"cannot make env {env_id!r}: {type(e).__name__}: {e}") from None
+    obs, act = env.observation_space, env.action_space
+    env.close()
+    if not (isinstance(obs, spaces.Box) and len(obs.shape) == 1
+            and isinstance(act, spaces.Discrete)):
+        raise ConfigError(
+            f"the NumPy PPO takes envs with flat Box observations and Discrete actions "
+            f"(CartPole-v1, Acrobot-v1, LunarLander-v3); {env_id} has "
+            f"{type(obs).__name__} observations and {type(act).__name__} actions")
+    if obs.shape[0] > NUMPY_MAX_OBS:  # a linear policy on raw observations: a few dozen
+        raise ConfigError(f"the NumPy PPO takes observations of at most {NUMPY_MAX_OBS:,} "
+                          f"numbers; {env_id} has {obs.shape[0]:,}")
+
 
 
 if __name__ == "__main__":

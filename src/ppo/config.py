@@ -7,17 +7,66 @@ feed `ppo train --help` directly.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import numbers
+import os
+import re
+import resource
+import stat
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class ConfigError(ValueError):
     """Bad user input: reported as one line, never as a traceback."""
+
+
+# Inclusive ranges of the integer settings. Past them no run can work: more steps than a
+# float counts exactly, a seed NumPy and torch refuse, thread counts that crash OpenMP.
+MAX_COUNT = 10**15
+INT_RANGES = {
+    "seed": (0, 2**63 - 1),
+    "total_timesteps": (1, MAX_COUNT),
+    "num_envs": (1, 4096),
+    "threads": (1, 512),
+    "rollout_steps": (1, 10**8),
+    "minibatch_size": (1, 10**9),
+    "epochs": (1, 10_000),
+    "cg_iters": (1, 10_000),
+    "line_search_steps": (1, 100),
+    "max_nonfinite_steps": (1, 10**6),
+    "checkpoint_every": (1, MAX_COUNT),
+    "eval_every": (1, MAX_COUNT),
+    "eval_episodes": (1, 10**6),
+}
+# (low, high, low excluded) of the float settings; every one must also be finite.
+FLOAT_RANGES = {
+    "lr": (0.0, 1.0, True),
+    "adam_eps": (0.0, 1.0, True),
+    "gamma": (0.0, 1.0, False),
+    "gae_lambda": (0.0, 1.0, False),
+    "clip_eps": (0.0, 1e9, True),  # 1000 is the ablation without clipping
+    "value_clip_eps": (0.0, 1e9, True),
+    "vf_coef": (0.0, 1e9, False),
+    "ent_coef": (0.0, 1e9, False),
+    "max_grad_norm": (0.0, 1e9, False),  # 0 turns the clip off
+    "target_kl": (0.0, 1e9, True),
+    "max_kl": (0.0, 1e9, True),
+    "cg_damping": (0.0, 1e9, False),
+    "init_log_std": (-20.0, 20.0, False),
+    "obs_clip": (0.0, 1e9, True),
+    "reward_clip": (0.0, 1e9, True),
+    "dist_timeout": (0.0, 7 * 86400.0, True),
+    "stop_at_return": (-math.inf, math.inf, False),
+}
+MAX_LAYERS, MAX_WIDTH = 64, 2**20
+MAX_ASYNC_ENVS = 256  # one process each
+MAX_TEXT = 4096  # env ids and paths
 
 
 # Sections of `ppo train --help`, in order; each field names its own in its metadata.
@@ -134,7 +183,17 @@ class Config:
         True, "Orthogonal initialization (gain sqrt 2 hidden, 0.01 policy head, 1 value head); "
         "off: PyTorch's default initialization."
     )
-    init_log_std: float = _net(0.0, "Initial log standard deviation of a Gaussian policy.")
+    init_log_std: float = _net(
+        0.0, "Initial log standard deviation of a Gaussian policy (with use_sde: of every "
+        "entry of the exploration noise's weight matrix).")
+    use_sde: bool = _net(
+        False, "Generalized state-dependent exploration (gSDE, Raffin et al. 2022), for "
+        "continuous actions: the noise added to the mean action is the actor's last hidden "
+        "layer times a random matrix, held for sde_sample_freq steps, so exploration is smooth "
+        "in time and its scale depends on the state.")
+    sde_sample_freq: int = _net(
+        -1, "With use_sde: draw each env's noise matrix anew every this many steps; -1 once "
+        "per rollout.")
     normalize_obs: bool = _norm(False, "Normalize observations by running mean and variance.")
     normalize_reward: bool = _norm(
         False, "Scale rewards by the running std of the discounted return."
@@ -188,30 +247,32 @@ class Config:
         return max(1, self.total_timesteps // self.batch_size)
 
     def validate(self) -> Config:
-        """Raise ConfigError naming the first bad value; return self for chaining."""
-        positive_ints = ("total_timesteps", "num_envs", "threads", "rollout_steps",
-                         "minibatch_size", "epochs", "checkpoint_every", "max_nonfinite_steps",
-                         "eval_episodes",
-                         "cg_iters", "line_search_steps")
-        for name in positive_ints:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "clip_eps", "value_clip_eps", "adam_eps", "obs_clip", "reward_clip",
-                     "max_kl", "dist_timeout"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("gamma", "gae_lambda"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("vf_coef", "ent_coef", "max_grad_norm", "cg_damping"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.eval_every is not None and self.eval_every < 1:
-            raise ConfigError(f"eval_every must be >= 1 when set, got {self.eval_every}")
-        if self.stop_at_return is not None and not math.isfinite(self.stop_at_return):
-            raise ConfigError(f"stop_at_return must be a finite number, got {self.stop_at_return}")
-        if self.target_kl is not None and not self.target_kl > 0:
-            raise ConfigError(f"target_kl must be > 0 when set, got {self.target_kl}")
+        """Raise ConfigError naming the first bad value; return self for chaining.
+
+        Checks every field's type (an int is taken where a float fits, NumPy scalars as
+        Python numbers), that every number is finite and in a range where a run can work,
+        and the choices. Past the upper bounds a run fails on any machine, or crashes the
+        process (threads); memory is checked separately, by `check_memory`.
+        """
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), f.type))
+        for name, (low, high) in INT_RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise ConfigError(f"{name} must be in [{low}, {_big(high)}], got {value}")
+        for name, (low, high, low_open) in FLOAT_RANGES.items():
+            value = getattr(self, name)
+            if value is None and name in ("target_kl", "stop_at_return"):
+                continue
+            if not math.isfinite(value) or value > high or value < low or (
+                    low_open and value == low):
+                interval = (f"{'(' if low_open else '['}{low:g}, {high:g}]"
+                            if math.isfinite(high) else "")
+                raise ConfigError(f"{name} must be a finite number{' in ' if interval else ''}"
+                                  f"{interval}, got {value}")
+        if self.sde_sample_freq != -1 and self.sde_sample_freq < 1:
+            raise ConfigError(f"sde_sample_freq must be -1 (once per rollout) or >= 1, got "
+                              f"{self.sde_sample_freq}")
         if self.minibatch_size > self.batch_size:
             raise ConfigError(
                 f"minibatch_size {self.minibatch_size} is larger than the rollout "
@@ -219,8 +280,13 @@ class Config:
             )
         for name in ("hidden_sizes", "actor_hidden_sizes", "critic_hidden_sizes"):
             sizes = getattr(self, name)
-            if sizes is not None and any(h < 1 for h in sizes):
-                raise ConfigError(f"{name} must be positive widths, got {sizes}")
+            if sizes is not None and (len(sizes) > MAX_LAYERS or any(
+                    not 1 <= h <= MAX_WIDTH for h in sizes)):
+                raise ConfigError(f"{name} must be at most {MAX_LAYERS} widths in "
+                                  f"[1, {MAX_WIDTH}], got {_short(sizes)}")
+        if self.vector == "async" and self.num_envs > MAX_ASYNC_ENVS:
+            raise ConfigError(f"num_envs must be <= {MAX_ASYNC_ENVS} with vector async (one "
+                              f"process per env), got {self.num_envs}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
@@ -230,8 +296,14 @@ class Config:
         if not all(isinstance(k, str) for k in self.env_kwargs):
             raise ConfigError(f"env_kwargs keys must be strings, got {self.env_kwargs!r}")
         self.wrappers = [_wrapper_entry("wrappers", entry) for entry in self.wrappers]
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}")
+        for name in ("env_id", "run_dir", "wandb_project", "wandb_group"):
+            value = getattr(self, name)
+            if value is not None and (not value or len(value) > MAX_TEXT or any(
+                    not ch.isprintable() for ch in value)):
+                raise ConfigError(f"{name} must be 1 to {MAX_TEXT} printable characters, "
+                                  f"got {value[:MAX_TEXT]!r}")
+        if not re.fullmatch(r"cpu|cuda(:\d{1,3})?", self.device):
+            raise ConfigError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.learner == "numpy" and self.device != "cpu":
             raise ConfigError("learner numpy runs on the CPU only; use learner torch with cuda")
         if self.algo == "trpo":
@@ -293,24 +365,38 @@ def _toml_literal(value: Any) -> str:
 
 
 def _coerce(name: str, value: Any, annotation: str) -> Any:
-    """Check a TOML value against the field's declared type, allowing int where float fits."""
-    expected = {
-        "str": (str,), "int": (int,), "float": (int, float), "bool": (bool,),
-        "float | None": (int, float), "str | None": (str,), "list[int]": (list,),
-        "int | None": (int,),
-        "list[int] | None": (list,), "dict[str, Any]": (dict,), "list[dict[str, Any]]": (list,),
-    }[annotation]
-    if isinstance(value, bool) and bool not in expected:
-        raise ConfigError(f"{name} must be {annotation}, got {value!r}")
-    if not isinstance(value, expected):
-        raise ConfigError(f"{name} must be {annotation}, got {value!r}")
-    if annotation == "list[dict[str, Any]]":
+    """`value` as the field's declared type, or ConfigError: an int is taken where a float
+    fits, and NumPy scalars as Python numbers; a bool is never a number."""
+    optional = annotation.endswith(" | None")
+    if value is None and optional:
+        return None
+    kind = annotation.removesuffix(" | None")
+    if kind == "list[int]":
+        if not isinstance(value, list | tuple) or not all(
+                isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value):
+            raise ConfigError(f"{name} must be a list of integers, got {_short(value)}")
+        return [int(v) for v in value]
+    if kind == "list[dict[str, Any]]":
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{name} must be a list, got {_short(value)}")
         return [_wrapper_entry(name, entry) for entry in value]
-    if annotation.startswith("list[int]") and not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        raise ConfigError(f"{name} must be a list of integers, got {value!r}")
-    return float(value) if "float" in annotation else value
+    expected = {"str": str, "bool": bool, "int": numbers.Integral, "float": numbers.Real,
+                "dict[str, Any]": dict}[kind]
+    if not isinstance(value, expected) or (isinstance(value, bool) and kind != "bool"):
+        article = {"str": "a string", "bool": "true or false", "int": "an integer",
+                   "float": "a number", "dict[str, Any]": "a table"}[kind]
+        raise ConfigError(f"{name} must be {article}{' or unset' if optional else ''}, "
+                          f"got {_short(value)} ({type(value).__name__})")
+    return {"int": int, "float": float}.get(kind, lambda v: v)(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _big(n: int) -> str:
+    return "2^63-1" if n == 2**63 - 1 else f"{n:,}"
 
 
 # Keys renamed since runs were first saved: old config files and checkpoints still load.
@@ -333,6 +419,8 @@ def _wrapper_entry(name: str, entry: Any) -> dict[str, Any]:
 
 def from_dict(values: dict[str, Any]) -> Config:
     """Build a validated Config; unknown keys and wrong types are errors that name them."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"a config is a table of settings, got {type(values).__name__}")
     values = {RENAMED.get(k, k): v for k, v in values.items()}
     fields = {f.name: f for f in dataclasses.fields(Config)}
     unknown = sorted(set(values) - set(fields))
@@ -342,11 +430,182 @@ def from_dict(values: dict[str, Any]) -> Config:
     return Config(**typed).validate()
 
 
-def load_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML config file into a plain dict (validated later, with flags merged in)."""
+# Bytes per network parameter: the weights, their gradient, Adam's two moments, the rollout
+# policy's copy and the learner's working copies, with room to spare.
+BYTES_PER_PARAMETER = 32
+ASYNC_WORKER_BYTES = 64 << 20  # a subprocess env: a Python interpreter and the env
+
+
+class MemoryEstimate(NamedTuple):
+    """Bytes a run allocates, by what they hold."""
+
+    network: int  # parameters, gradients, optimizer state and copies
+    rollout: int  # the rollout buffers, the learner's batch and a forward pass over it
+    workers: int  # subprocess envs
+
+    @property
+    def total(self) -> int:
+        return self.network + self.rollout + self.workers
+
+
+def estimate_memory(cfg: Config, obs_width: int, action_width: int) -> MemoryEstimate:
+    """What `cfg` allocates for envs whose flat observations are `obs_width` floats and whose
+    actions are `action_width` wide (Discrete: the number of actions); a generous estimate
+    of the built-in networks."""
+    if cfg.shared_trunk:
+        trunks = [cfg.hidden_sizes]
+    else:
+        trunks = [cfg.actor_hidden_sizes or cfg.hidden_sizes,
+                  cfg.critic_hidden_sizes or cfg.hidden_sizes]
+    params = 0
+    for widths in trunks:
+        params += sum((n_in + 1) * n_out
+                      for n_in, n_out in zip([obs_width, *widths[:-1]], widths, strict=True))
+    last = [widths[-1] if widths else obs_width for widths in trunks]
+    params += (last[0] + 1) * action_width + (last[-1] + 1) + action_width  # heads, log std
+    # Observations are held three times (rollout, learner batch, minibatch gathers); the
+    # whole batch passes through the networks at once to freeze log-probs and values.
+    per_sample = 12 * obs_width + 8 * action_width + 128 + 8 * sum(map(sum, trunks))
+    workers = cfg.num_envs * ASYNC_WORKER_BYTES if cfg.vector == "async" else 0
+    return MemoryEstimate(params * BYTES_PER_PARAMETER, cfg.batch_size * per_sample, workers)
+
+
+def available_memory() -> int | None:
+    """Bytes this process can still allocate, or None where unknown: the least of the
+    system's available memory, its cgroup's limit (a container's) and its address-space
+    limit (ulimit -v). Read from /proc and /sys on Linux; psutil knows no cgroups."""
+    candidates = []
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                candidates.append(int(line.split()[1]) * 1024)
+    with contextlib.suppress(OSError, ValueError):
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            candidates.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            used = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf(
+                "SC_PAGE_SIZE")
+            candidates.append(soft - used)
+    if not candidates:
+        with contextlib.suppress(ValueError, OSError, AttributeError):
+            candidates.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    return max(0, min(candidates)) if candidates else None
+
+
+def check_memory(cfg: Config, obs_width: int, action_width: int,
+                 available: int | None = None) -> MemoryEstimate:
+    """Refuse, with one line, a run whose estimate exceeds the memory available (default:
+    `available_memory()`), before anything is allocated. With obs_width = action_width = 1
+    it checks what the config alone implies, before the envs exist."""
+    need = estimate_memory(cfg, obs_width, action_width)
+    available = available_memory() if available is None else available
+    if available is not None and need.total > available:
+        parts = ", ".join(f"{label} {_gb(n)}" for label, n in (
+            ("networks and optimizer", need.network), ("rollout", need.rollout),
+            ("env processes", need.workers)) if n)
+        raise ConfigError(
+            f"this run needs about {_gb(need.total)} of memory ({parts}), more than the "
+            f"{_gb(available)} available: lower hidden_sizes, num_envs or rollout_steps")
+    return need
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def named_imports(values: Mapping[str, Any]) -> dict[str, str]:
+    """What a config's values would make ppo import, as {'module:...' path: how to name it
+    yourself}: an env id with a module part ('module:Class' or 'module:Id'), and each
+    wrapper path."""
+    found = {}
+    env_id = values.get("env_id")
+    if isinstance(env_id, str) and ":" in env_id:
+        found[env_id] = f"--env {env_id} (in Python: env_id={env_id!r})"
+    for entry in values.get("wrappers") or []:
+        path = entry.get("path") if isinstance(entry, dict) else entry
+        if isinstance(path, str):
+            found[path] = f"--wrapper {path} (in Python: wrappers=[{path!r}])"
+    return found
+
+
+def refuse_unnamed_imports(from_file: Mapping[str, Any], named: Mapping[str, Any],
+                           origin: str) -> None:
+    """ConfigError if values read from `origin` (a checkpoint, a config file, a preset) would
+    make ppo import a module the user did not name too (in `named`: the command line, or
+    the arguments of their own code). Importing a module runs its code: a file never makes
+    ppo do that on its own say-so."""
+    mine = named_imports(named)
+    for path, how in named_imports(from_file).items():
+        if path not in mine:
+            what = "env" if path == from_file.get("env_id") else "wrapper"
+            raise ConfigError(
+                f"{origin} names {what} {path!r}, which would import module "
+                f"{path.split(':', 1)[0]!r}; ppo imports no module on a file's say-so: name "
+                f"it yourself with {how}")
+
+
+TOML_MAX_BYTES = 1 << 20
+
+
+def read_regular_file(path: str | Path, what: str, limit: int,
+                      error: type[Exception] = ConfigError,
+                      inspect: Callable[[int, int], None] | None = None) -> bytes:
+    """The bytes of `path` if it is a regular file of at most `limit` bytes, else `error`
+    with one line naming it. Devices, FIFOs, sockets and directories are refused before any
+    read: /dev/zero never ends, and opening a FIFO waits for a writer (hence O_NONBLOCK,
+    which does nothing to a regular file). `inspect(fd, size)` may refuse the file from its
+    first bytes (os.pread) before the whole of it is read."""
+    path = Path(path)
     try:
-        return tomllib.loads(Path(path).read_text())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise error(f"{what} not found: {path}") from None
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"{what} {path} is {_file_kind(st.st_mode)}, not a regular file")
+        if st.st_size > limit:
+            raise error(f"{what} {path} is {st.st_size:,} bytes, more than the {limit:,} "
+                        f"a {what} may have")
+        if inspect is not None:
+            inspect(fd, st.st_size)
+        chunks, size = [], 0
+        while size <= limit:  # to limit + 1: a file that grew past the limit since fstat
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise error(f"cannot read {what} {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise error(f"{what} {path} is more than the {limit:,} bytes a {what} may have")
+    return b"".join(chunks)
+
+
+def _file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def load_toml(path: Path, what: str = "config file") -> dict[str, Any]:
+    """Read a TOML config file into a plain dict (validated later, with flags merged in)."""
+    data = read_regular_file(path, what, TOML_MAX_BYTES)
+    try:
+        return tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+        raise ConfigError(f"{what} {path} is not valid TOML: {e}") from None

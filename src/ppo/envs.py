@@ -14,7 +14,7 @@ from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
-from ppo.config import Config, ConfigError
+from ppo.config import Config, ConfigError, refuse_unnamed_imports
 from ppo.episode_replay import ReplayableEpisodes
 from ppo.extras import require
 
@@ -58,9 +58,17 @@ def _make_replayable(make: Callable[[], gym.Env], index: int) -> gym.Env:
     return ReplayableEpisodes(make(), index)
 
 
-def env_spec(env_id: str) -> EnvSpec:
+def env_spec(env_id: str, origin: str | None = None) -> EnvSpec:
     """Spec of a registered id, of 'module:Id' (importing module registers Id), or of a
-    'module:Class' entry point."""
+    'module:Class' entry point.
+
+    `origin` says where env_id comes from: None when the user named it (the command line,
+    or an argument in their own code); else the file it was read from (a checkpoint, a
+    config file, a preset). An id with a module part imports that module, which runs its
+    code, so one read from a file is refused (ConfigError) unless the user names it too.
+    """
+    if origin is not None:
+        refuse_unnamed_imports({"env_id": env_id}, {}, origin)
     if ":" in env_id:
         module, name = env_id.split(":", 1)
         try:

@@ -3,21 +3,24 @@ console."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import datetime
 import io
 import math
+import os
 import secrets
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 from tqdm import tqdm
 
-from ppo.checkpoint import CHECKPOINT_NAME, write_atomic
-from ppo.config import Config
+from ppo.checkpoint import CHECKPOINT_NAME, RunDirError, write_atomic
+from ppo.config import Config, read_regular_file
 from ppo.console import Progress, console_line, progress, run_summary
 from ppo.extras import require
 
@@ -70,19 +73,30 @@ class Sink(Protocol):
 
 
 class CsvSink:
-    """metrics.csv in the run directory, one row per update; on resume, rows after the
-    checkpoint are dropped first so that no update appears twice. Columns first seen mid-run
+    """metrics.csv in the run directory, one row per update; on resume it is first made to
+    hold exactly the rows up to the checkpoint (see check_metrics). Columns first seen mid-run
     (evaluation, an env's episode info) widen the header: the file is rewritten once, earlier
-    rows with empty cells there."""
+    rows with empty cells there. A failed write (a full disk) names the file."""
 
     def __init__(self, run_dir: Path, first_update: int) -> None:
         self.path = Path(run_dir) / "metrics.csv"
-        _truncate_after(self.path, first_update - 1)
+        last = first_update - 1
+        for note in repair_metrics(self.path, check_metrics(self.path, last), last):
+            print(note, file=sys.stderr)
         new = not self.path.exists()
         self.columns = list(COLUMNS) if new else _header(self.path)
-        self._open()
-        if new:
-            self.writer.writeheader()
+        with self._naming_file():
+            self._open()
+            if new:
+                self.writer.writeheader()
+                self.file.flush()
+
+    @contextlib.contextmanager
+    def _naming_file(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
 
     def _open(self) -> None:
         self.file = open(self.path, "a", newline="")  # noqa: SIM115 (held for the run)
@@ -101,14 +115,16 @@ class CsvSink:
         self._open()
 
     def log(self, row: dict[str, Any]) -> None:
-        new = [k for k in row if k not in self.columns]
-        if new:
-            self._add_columns(new)
-        self.writer.writerow({k: _fmt(v) for k, v in row.items()})
-        self.file.flush()
+        with self._naming_file():
+            new = [k for k in row if k not in self.columns]
+            if new:
+                self._add_columns(new)
+            self.writer.writerow({k: _fmt(v) for k, v in row.items()})
+            self.file.flush()
 
     def close(self) -> None:
-        self.file.close()
+        with self._naming_file():  # rows a full disk refused are flushed again here
+            self.file.close()
 
 
 class TensorBoardSink:
@@ -242,12 +258,12 @@ def read_metrics(run_dir: Path) -> dict[str, np.ndarray]:
     """A run's metrics.csv as column name -> float array; empty or missing cells are NaN
     (episodic_return is empty until the first episode ends)."""
     path = Path(run_dir) / "metrics.csv"
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ValueError(f"{run_dir}: no metrics.csv (not a run directory, or nothing logged yet)")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        names = [n for n in reader.fieldnames or [] if n]
+    text = read_regular_file(path, "metrics file", METRICS_MAX_BYTES, ValueError)
+    reader = csv.DictReader(io.StringIO(text.decode("utf-8", errors="replace"), newline=""))
+    rows = list(reader)
+    names = [n for n in reader.fieldnames or [] if n]
     columns = {}
     for name in names:
         try:
@@ -267,14 +283,129 @@ def _fmt(value: Any) -> Any:
     return "" if isinstance(value, float) and math.isnan(value) else value
 
 
-def _truncate_after(path: Path, last_update: int) -> None:
-    """On resume, drop rows logged after the checkpoint so no update appears twice."""
-    if not path.exists():
-        return
-    lines = path.read_text().splitlines(keepends=True)
-    # A kill mid-write can leave a last line without its newline: drop it too.
-    kept = lines[:1] + [
-        ln for ln in lines[1:] if ln.endswith("\n") and int(ln.split(",", 1)[0]) <= last_update
-    ]
-    if len(kept) != len(lines):
-        write_atomic(path, "".join(kept).encode())
+METRICS_MAX_BYTES = 1 << 30
+LINE_END = "\r\n"  # what csv.writer ends rows with, and so the logger appends
+
+
+class MetricsRepair(NamedTuple):
+    """What metrics.csv must hold for a run resumed after update `last_update`."""
+
+    text: str  # the header and the rows of updates 1..last_update that survive
+    changed: bool  # text differs from the file (or the file is missing)
+    damage: str | None  # what was wrong beyond a crash's leftovers: the file is kept aside
+    missing: list[int]  # updates up to last_update with no row
+
+
+def check_metrics(path: Path, last_update: int) -> MetricsRepair:
+    """Read-only: the repair that makes `path` hold exactly the rows of updates 1 to
+    last_update, one each, in order, under the header. Rows past last_update and a last row
+    without its newline are what a kill leaves, and are dropped; anything else unexpected
+    (a line that is no row, NUL bytes, bad UTF-8, a missing or foreign header, duplicates,
+    disorder) is damage. Raises RunDirError for a file that is not a regular one."""
+    path = Path(path)
+    header = ",".join(COLUMNS) + LINE_END
+    if not os.path.lexists(path):
+        missing = list(range(1, last_update + 1))
+        return MetricsRepair(header, bool(missing), None, missing)
+    data = read_regular_file(path, "metrics file", METRICS_MAX_BYTES, RunDirError)
+    problems: list[str] = []
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        problems.append("is not UTF-8 text")
+        text = data.decode("utf-8", errors="replace")
+    if "\0" in text:
+        problems.append("holds NUL bytes")
+        text = text.replace("\0", "")
+    lines = [line.removesuffix("\r") for line in text.split("\n")[:-1]]  # the tail: unfinished
+    columns = _header_of(lines[0]) if lines else None
+    if columns is not None:
+        header, lines = lines[0] + LINE_END, lines[1:]
+    elif lines and _parse_row(lines[0], len(COLUMNS)) is None:
+        problems.append("has an unexpected header")
+        lines = lines[1:]
+    elif lines:
+        problems.append("has no header")
+    rows: dict[int, str] = {}
+    order, bad_lines = [], []
+    width = len(columns or COLUMNS)
+    for number, line in enumerate(lines, 2):
+        update = _parse_row(line, width)
+        if update is None:
+            bad_lines += [number] if line.strip() else []
+            continue
+        if update in rows:
+            problems.append(f"has update {update} twice")
+        rows[update] = line + LINE_END
+        order.append(update)
+    if order != sorted(order):
+        problems.append("has its rows out of order")
+    if bad_lines:
+        problems.append(f"has {len(bad_lines)} line(s) that are no metrics row (line "
+                        f"{_ranges(bad_lines)})")
+    kept = sorted(u for u in rows if u <= last_update)
+    new_text = header + "".join(rows[u] for u in kept)
+    missing = sorted(set(range(1, last_update + 1)) - set(kept))
+    damage = ", ".join(dict.fromkeys(problems)) if problems else None
+    return MetricsRepair(new_text, new_text.encode() != data, damage, missing)
+
+
+def _header_of(line: str) -> list[str] | None:
+    """The columns of a metrics.csv header line: ours first, then any added mid-run (each
+    named once); None if the line is no such header."""
+    try:
+        columns = next(csv.reader([line]))
+    except (csv.Error, StopIteration):
+        return None
+    ok = (tuple(columns[: len(COLUMNS)]) == COLUMNS and all(columns)
+          and len(set(columns)) == len(columns))
+    return columns if ok else None
+
+
+def _parse_row(line: str, width: int) -> int | None:
+    """The update number of a well-formed metrics row of `width` cells, else None."""
+    try:
+        fields = next(csv.reader([line]))
+        if len(fields) != width:
+            return None
+        update, step = int(fields[0]), int(fields[1])
+        for value in fields[2:]:
+            if value:
+                float(value)
+    except (ValueError, StopIteration, csv.Error):
+        return None
+    return update if update >= 1 and step >= 0 else None
+
+
+def repair_metrics(path: Path, repair: MetricsRepair, last_update: int) -> list[str]:
+    """Make `path` what `repair` says (a damaged file is first kept aside as
+    metrics.csv.damaged-TIME); return notes for the user, one line each."""
+    path = Path(path)
+    if not repair.changed:
+        return []
+    notes = []
+    if repair.damage is not None:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        aside = path.with_name(f"{path.name}.damaged-{stamp}")
+        suffix = 1
+        while os.path.lexists(aside):
+            aside = path.with_name(f"{path.name}.damaged-{stamp}-{suffix}")
+            suffix += 1
+        os.rename(path, aside)
+        kept = repair.text.count(LINE_END) - 1
+        notes.append(f"note: {path} {repair.damage}; kept it as {aside.name}, and the new one "
+                     f"holds its {kept} valid rows up to update {last_update}")
+    write_atomic(path, repair.text.encode())
+    if repair.missing:
+        notes.append(f"note: {path} has no row for update(s) {_ranges(repair.missing)}; "
+                     "those rows are lost")
+    return notes
+
+
+def _ranges(numbers: list[int]) -> str:
+    spans, start = [], numbers[0]
+    for previous, n in zip(numbers, numbers[1:] + [None], strict=True):
+        if n != previous + 1:
+            spans.append(str(start) if start == previous else f"{start}-{previous}")
+            start = n
+    return ", ".join(spans)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ppo import distributions
+from ppo import distributions, sde
 from ppo.config import Config, ConfigError
 from ppo.spaces import ActionSpec
 
@@ -50,7 +50,8 @@ class ActorCritic(nn.Module):
     """Policy and value function: one shared MLP trunk with two heads, or separate actor and
     critic MLPs, optionally after a feature extractor (`encoder`, shared by both). The policy
     head outputs the parameters of the action distribution (logits, Gaussian means); Gaussian
-    heads share a state-independent log std parameter."""
+    heads share a state-independent log std parameter, or with use_sde a (latent x action)
+    matrix of log stds of the exploration noise's weights (sde.py)."""
 
     def __init__(self, obs_width: int, action_spec: ActionSpec, cfg: Config,
                  encoder: nn.Module | None = None) -> None:
@@ -73,21 +74,44 @@ class ActorCritic(nn.Module):
         self.policy_head = _layer(actor_width, action_spec.num_params,
                                   0.01 if cfg.ortho_init else None)
         self.value_head = _layer(critic_width, 1, 1.0 if cfg.ortho_init else None)
-        self.log_std = (nn.Parameter(torch.full((action_spec.log_std_size,), cfg.init_log_std))
+        self.use_sde = cfg.use_sde
+        log_std_shape = ((actor_width, action_spec.log_std_size) if cfg.use_sde else
+                         (action_spec.log_std_size,))
+        self.log_std = (nn.Parameter(torch.full(log_std_shape, cfg.init_log_std))
                         if action_spec.log_std_size else None)
 
     def _features(self, obs: Tensor) -> Tensor:
         return obs if self.encoder is None else self.encoder(obs)
 
-    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """Distribution parameters and value, for a batch of observations."""
+    def _outputs(self, obs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The actor's latent features (the policy head's input), the distribution
+        parameters and the value."""
         x = self._features(obs)
         hidden = self.actor(x)
         value_hidden = hidden if self.critic is None else self.critic(x)
-        return self.policy_head(hidden), self.value_head(value_hidden).squeeze(-1)
+        return hidden, self.policy_head(hidden), self.value_head(value_hidden).squeeze(-1)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """Distribution parameters and value, for a batch of observations."""
+        _, params, value = self._outputs(obs)
+        return params, value
+
+    def policy_latent(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """The actor's latent features and the distribution parameters."""
+        hidden = self.actor(self._features(obs))
+        return hidden, self.policy_head(hidden)
 
     def policy(self, obs: Tensor) -> Tensor:
-        return self.policy_head(self.actor(self._features(obs)))
+        return self.policy_latent(obs)[1]
+
+    def action_log_std(self, latent: Tensor | None) -> Tensor | None:
+        """The Gaussian heads' log std: the parameter, or with gSDE one row per state."""
+        return sde.log_std(latent, self.log_std) if self.use_sde else self.log_std
+
+    def distribution(self, obs: Tensor) -> tuple[Tensor, Tensor | None]:
+        """pi(.|s) as its parameters and its Gaussian heads' log std."""
+        latent, params = self.policy_latent(obs)
+        return params, self.action_log_std(latent)
 
     def value(self, obs: Tensor) -> Tensor:
         x = self._features(obs)
@@ -97,9 +121,9 @@ class ActorCritic(nn.Module):
     def evaluate(self, obs: Tensor, actions: Tensor, masks: Tensor | None = None
                  ) -> tuple[Tensor, Tensor, Tensor]:
         """log pi(a|s), entropy H(pi(.|s)) and V(s)."""
-        params, value = self(obs)
-        logp, entropy = distributions.log_prob_entropy(self.action_spec, params, self.log_std,
-                                                       actions, masks)
+        latent, params, value = self._outputs(obs)
+        logp, entropy = distributions.log_prob_entropy(
+            self.action_spec, params, self.action_log_std(latent), actions, masks)
         return logp, entropy, value
 
     def actor_parameters(self) -> list[nn.Parameter]:
@@ -119,16 +143,23 @@ class CustomActorCritic(ActorCritic):
     def __init__(self, module: nn.Module, action_spec: ActionSpec, cfg: Config) -> None:
         nn.Module.__init__(self)
         self.action_spec, self.activation, self.module = action_spec, None, module
+        self.use_sde = False  # build() refuses gSDE for a user's whole network
         own = getattr(module, "log_std", None)
         self.log_std = own if own is not None or not action_spec.log_std_size else (
             nn.Parameter(torch.full((action_spec.log_std_size,), cfg.init_log_std)))
 
-    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+    def _outputs(self, obs: Tensor) -> tuple[None, Tensor, Tensor]:
         params, value = self.module(obs)
-        return params, value.reshape(len(params))
+        return None, params, value.reshape(len(params))
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        return self._outputs(obs)[1:]
 
     def policy(self, obs: Tensor) -> Tensor:
         return self(obs)[0]
+
+    def policy_latent(self, obs: Tensor) -> tuple[None, Tensor]:
+        return None, self.policy(obs)
 
     def value(self, obs: Tensor) -> Tensor:
         return self(obs)[1]
@@ -143,9 +174,14 @@ def build(obs_width: int, action_spec: ActionSpec, cfg: Config,
           network: Network | None = None) -> ActorCritic:
     """The network the config describes, around a user's feature extractor or in place of
     a user's whole network; checks that a user's network's outputs fit the action space."""
+    if cfg.use_sde and action_spec.discrete:
+        raise ConfigError("use_sde needs continuous actions")
     if network is None:
         encoder = None if features_extractor is None else features_extractor(obs_width)
         return ActorCritic(obs_width, action_spec, cfg, encoder)
+    if cfg.use_sde:
+        raise ConfigError("use_sde needs the built-in actor network (its noise is a function "
+                          "of the actor's last hidden layer)")
     model = CustomActorCritic(network(obs_width, action_spec), action_spec, cfg)
     with torch.no_grad():
         params, value = model(torch.zeros(2, obs_width))

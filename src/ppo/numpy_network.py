@@ -87,6 +87,12 @@ class NumpyMLP:
         """Distribution parameters for a batch of observations."""
         return dense(self.policy_head, dense(self.actor, obs, self.activation), None)
 
+    def policy_latent(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The actor's latent features (the policy head's input) and the distribution
+        parameters."""
+        latent = dense(self.actor, obs, self.activation)
+        return latent, dense(self.policy_head, latent, None)
+
     def forward(self, obs: np.ndarray) -> Forward:
         actor = [obs]
         dense(self.actor, obs, self.activation, actor)

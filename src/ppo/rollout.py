@@ -123,8 +123,12 @@ class Collector:
         rng: np.random.Generator,
         obs_normalizer: ObsNormalizer | None,
         reward_scaler: RewardScaler | None,
+        sde_sample_freq: int | None = None,
     ) -> None:
+        """sde_sample_freq: with gSDE, steps between draws of the exploration matrices (-1:
+        once per rollout); None without gSDE."""
         self.envs, self.policy, self.rng = envs, policy, rng
+        self.sde_sample_freq = sde_sample_freq
         self.encoder, self.action_spec = encoder, action_spec
         self.obs_normalizer, self.reward_scaler = obs_normalizer, reward_scaler
         self.next_step_reset = envs.metadata.get("autoreset_mode") == AutoresetMode.NEXT_STEP
@@ -277,6 +281,10 @@ class Collector:
         valid = np.ones((steps, n), bool)
         masks = None if self.mask is None else np.empty((steps, *self.mask.shape), bool)
         noise = self.policy.noise(self.rng, (steps, n))
+        # gSDE: new exploration matrices at the rollout's start, then every sde_sample_freq
+        # steps, drawn from the action stream as they are needed.
+        resample_every = None if self.sde_sample_freq is None else (
+            steps if self.sde_sample_freq == -1 else self.sde_sample_freq)
         finished_info: list[dict[str, float]] = []
         final_t: list[int] = []
         final_n: list[np.ndarray] = []
@@ -287,6 +295,8 @@ class Collector:
             obs_buf[t] = self.obs
             if masks is not None:
                 masks[t] = self.mask
+            if resample_every is not None and t % resample_every == 0:
+                self.policy.resample_exploration(self.rng, n)
             action = self.policy.sample(self.obs, noise[t], self.mask)
             actions[t] = action
             # Gaussian actions are stored as drawn and clipped only on their way to the env.

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from ppo import distributions, objective
+from ppo import distributions, objective, sde
 from ppo.advantages import Batch
 from ppo.learners.base import StepStats
 from ppo.learners.ppo import PPOLearner
@@ -68,9 +68,15 @@ class NumpyPPO(PPOLearner):
     def evaluate(self, obs: np.ndarray, actions: np.ndarray, masks: np.ndarray | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
         fwd = self.net.forward(obs)
-        logp = distributions.log_prob_entropy_np(self.spec, fwd.params, self.net.log_std,
-                                                 actions, masks).logp
+        rows = self._row_log_std(fwd)
+        logp = distributions.log_prob_entropy_np(
+            self.spec, fwd.params, self.net.log_std if rows is None else rows.log_std,
+            actions, masks).logp
         return logp, fwd.values
+
+    def _row_log_std(self, fwd: Forward) -> sde.RowLogStd | None:
+        """With gSDE, each row's log std, from the actor's latent features."""
+        return sde.log_std_np(fwd.actor[-1], self.net.log_std) if self.model.use_sde else None
 
     def values(self, obs: np.ndarray) -> np.ndarray:
         return self.net.values(obs)
@@ -86,9 +92,10 @@ class NumpyPPO(PPOLearner):
     def step(self, index: np.ndarray) -> StepStats:
         cfg = self.cfg
         fwd = self.net.forward(self.obs[index])
+        rows = self._row_log_std(fwd)
         dist = distributions.log_prob_entropy_np(
-            self.spec, fwd.params, self.net.log_std, self.actions[index],
-            None if self.masks is None else self.masks[index])
+            self.spec, fwd.params, self.net.log_std if rows is None else rows.log_std,
+            self.actions[index], None if self.masks is None else self.masks[index])
         # The ablation: pi_old taken from the current weights makes every ratio exactly 1.
         logp_old = dist.logp if cfg.old_logprobs_from_current else self.logp_old[index]
         log_ratio = dist.logp - logp_old
@@ -106,8 +113,11 @@ class NumpyPPO(PPOLearner):
                  float(dist.entropy.mean()))
         if stop:
             return StepStats(*stats, 0.0)
+        d_log_std = self.grads.log_std if rows is None else np.empty_like(rows.log_std)
         d_params = distributions.log_prob_entropy_backward_np(
-            self.spec, dist.cache, policy.grad, bonus.grad, self.grads.log_std)
+            self.spec, dist.cache, policy.grad, bonus.grad, d_log_std)
+        if rows is not None:
+            self.grads.log_std[:] = sde.log_std_backward_np(rows, d_log_std)
         self.net.backward(fwd, d_params, value.grad, self.grads)
         return StepStats(*stats, 0.0 if self._clip_and_adam() else 1.0)
 

@@ -41,8 +41,8 @@ def assign(params: list[Tensor], x: Tensor) -> None:
 
 
 def policy_distribution(model: ActorCritic, obs: Tensor) -> Distribution:
-    """pi(.|s) as its parameters."""
-    return model.policy(obs), model.log_std
+    """pi(.|s) as its parameters (with gSDE, a log std per state)."""
+    return model.distribution(obs)
 
 
 def frozen(dist: Distribution) -> Distribution:
