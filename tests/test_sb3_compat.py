@@ -441,7 +441,9 @@ def test_network_and_settings_match_sb3s_ppo():
     from stable_baselines3 import PPO as SB3PPO
 
     for env_id, kwargs in [("CartPole-v1", {}), ("Pendulum-v1", {"policy_kwargs": dict(
-            net_arch=dict(pi=[32], vf=[16, 16]), activation_fn=th.nn.ReLU)})]:
+            net_arch=dict(pi=[32], vf=[16, 16]), activation_fn=th.nn.ReLU)}),
+            ("Pendulum-v1", {"use_sde": True, "sde_sample_freq": 4,
+                             "policy_kwargs": dict(log_std_init=-2.0)})]:
         theirs = SB3PPO("MlpPolicy", env_id, n_steps=64, target_kl=0.01, **kwargs)
         ours = PPO("MlpPolicy", env_id, n_steps=64, target_kl=0.01, **kwargs)
         cfg = ours._agent.config
@@ -451,6 +453,9 @@ def test_network_and_settings_match_sb3s_ppo():
         assert cfg.clip_eps == theirs.clip_range(1.0) and cfg.ent_coef == theirs.ent_coef
         assert cfg.target_kl == pytest.approx(1.5 * theirs.target_kl)
         assert cfg.adam_eps == theirs.policy.optimizer.defaults["eps"]
+        assert cfg.use_sde == theirs.use_sde and cfg.sde_sample_freq == theirs.sde_sample_freq
+        if cfg.use_sde:
+            assert torch.equal(ours.policy.log_std, theirs.policy.log_std)  # (64, 1) of -2
 
 
 @needs_sb3
@@ -499,3 +504,15 @@ def test_dict_observations_example_with_an_image_part_is_refused_by_name():
 
     with pytest.raises(ConfigError, match="img is an image"):
         PPO("MultiInputPolicy", SimpleMultiObsEnv(random_start=False))
+
+
+def test_gsde_as_in_sb3s_pendulum_usage():
+    env = make_vec_env("Pendulum-v1", n_envs=1)
+    model = PPO("MlpPolicy", env, gamma=0.98, use_sde=True, sde_sample_freq=4,
+                learning_rate=1e-3, **SHORT)
+    model.learn(total_timesteps=64)
+    cfg = model._agent.config
+    assert cfg.use_sde and cfg.sde_sample_freq == 4 and cfg.gamma == 0.98
+    assert model.policy.log_std.shape == (64, 1)
+    action, _ = model.predict(env.reset())
+    assert action.shape == (1, 1)

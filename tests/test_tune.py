@@ -83,7 +83,7 @@ def test_space_samples_each_kind_of_dimension(tmp_path):
     ({"lr": 0.001}, "lr must be a table"),
     ({"env_id": {"choices": ["Acrobot-v1"]}}, "env_id defines the run"),
     ({"total_timesteps": {"choices": [1000]}}, "total_timesteps defines the run"),
-    ({"lr": {"low": -1.0, "high": 1e-3}}, "lr = -1.0: lr must be > 0"),
+    ({"lr": {"low": -1.0, "high": 1e-3}}, "lr = -1.0: lr must be"),
     ({"activation": {"choices": ["tanh", "sigmoid"]}}, "activation must be one of"),
     ({"epochs": {"choices": [1, 1]}}, "lists a choice twice"),
 ])

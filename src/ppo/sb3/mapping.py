@@ -11,14 +11,13 @@ normalized.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
-from ppo.config import Config, ConfigError
+from ppo.config import ConfigError
 
 # SB3's PPO defaults (stable_baselines3/ppo/ppo.py, PPO.__init__ and ActorCriticPolicy).
 DEFAULTS: dict[str, Any] = {
@@ -30,7 +29,6 @@ DEFAULTS: dict[str, Any] = {
 ACTIVATIONS = {nn.Tanh: "tanh", nn.ReLU: "relu"}
 # Progress remaining (1 at the start, 0 at the end) at which a schedule is checked.
 PROBES = (1.0, 0.75, 0.5, 0.25, 0.0)
-CONFIG_FIELDS = {f.name for f in dataclasses.fields(Config)}
 
 
 def schedule(name: str, value: float | Callable[[float], float]) -> tuple[float, bool]:
@@ -129,10 +127,9 @@ def config_values(args: dict[str, Any]) -> dict[str, Any]:
         # SB3 stops once approx KL passes 1.5 x target_kl (its ppo.py train()).
         "target_kl": None if args["target_kl"] is None else 1.5 * args["target_kl"],
         "normalize_obs": False, "normalize_reward": False,
+        # gSDE as SB3's defaults make it (Raffin et al. 2022): the latent features detached,
+        # one log std per (feature, action) entry.
+        "use_sde": bool(args["use_sde"]), "sde_sample_freq": args["sde_sample_freq"],
         **policy_values(args["policy_kwargs"]),
     }
-    if args["use_sde"] or args["sde_sample_freq"] != -1:
-        if "use_sde" not in CONFIG_FIELDS:
-            raise ConfigError("use_sde: gSDE is not in this version of ppo")
-        values.update(use_sde=bool(args["use_sde"]), sde_sample_freq=args["sde_sample_freq"])
     return values
