@@ -156,7 +156,7 @@ def _finished(tune_dir):
 @pytest.mark.slow
 def test_tiny_study_writes_settings_that_ppo_train_takes(tmp_path):
     out = tmp_path / "tune"
-    result = _invoke("tune", *_tiny(tmp_path), "--trials", 2, "--out", out)
+    result = _invoke("tune", *_tiny(tmp_path), "--trials", 2, "--jobs", 2, "--out", out)
     assert result.exit_code == 0, result.output
     rows = _finished(out)
     assert [r["trial"] for r in rows] == ["0", "1"]
