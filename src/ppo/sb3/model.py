@@ -149,7 +149,6 @@ class PPO:
 
     def _setup(self) -> None:
         self.num_timesteps = 0
-        self._total_timesteps = 0
         self.logger = Logger(self.verbose)
 
     @staticmethod
@@ -239,7 +238,6 @@ class PPO:
             agent._envs_ready = False
         else:
             total_timesteps += self.num_timesteps
-        self._total_timesteps = total_timesteps
         if self.tensorboard_log is not None:
             agent.run_dir = _tb_dir(Path(self.tensorboard_log), tb_log_name,
                                     new=reset_num_timesteps or agent.run_dir is None)
