@@ -939,6 +939,58 @@ def compare(group_dirs: tuple[Path, ...], threshold: float | None, out: Path | N
         raise UserError(str(e)) from None
 
 
+@main.command("tune")
+@click.option("--env", "env_id", required=True, help="Gymnasium env id to tune on.")
+@click.option("--trials", type=click.IntRange(min=1), required=True,
+              help="Trials to finish, counting those of an earlier run of the same study.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Trials at a time, each its own process on one core.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Tuning directory (default tuning/<env>): the study (SQLite), every "
+              "trial, best.toml. The same command resumes it.")
+@click.option("--space", "space_file", type=click.Path(path_type=Path),
+              help="Search-space TOML file (default: the RL Zoo's PPO ranges, shipped as "
+              "ppo/tuning/space.toml).")
+@click.option("--target", type=float, help="Solved once the mean evaluation return reaches "
+              "this (default: the env's reward threshold, e.g. 475 for CartPole-v1).")
+@click.option("--budget", type=click.IntRange(min=1),
+              help="Env steps a trial may take at most (default: the settings' "
+              "total_timesteps).")
+@click.option("--eval-steps", type=click.IntRange(min=1),
+              help="Evaluate every this many env steps (default: a fiftieth of the budget).")
+@click.option("--eval-episodes", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Episodes per evaluation (deterministic unless the settings say not).")
+@click.option("--seed", type=int, help="Seed of every trial's training and of the sampler "
+              "(default: the settings' seed).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path),
+              help="TOML file of settings the trials start from (the sampled ones replace "
+              "theirs).")
+@click.option("--defaults", type=click.Choice(settings.DEFAULTS), default="task",
+              show_default=True, help="Where the trials' settings start, as for `ppo train`.")
+def tune_command(env_id: str, trials: int, jobs: int, out: Path | None,
+                 space_file: Path | None, target: float | None, budget: int | None,
+                 eval_steps: int | None, eval_episodes: int, seed: int | None,
+                 config_file: Path | None, defaults: str) -> None:
+    """Tune the settings for an env with Optuna (the tune extra): TPE sampling, median
+    pruning on the evaluation return, objective the fewest env steps until an evaluation
+    reaches the target. Writes best.toml for `ppo train --config`."""
+
+    def run() -> None:
+        require("tune", "ppo tune")
+        from ppo.tuning.study import build_spec, check_spec, tune
+
+        spec, space = build_spec(env_id, config_file, defaults, target, budget, eval_steps,
+                                 eval_episodes, seed, space_file)
+        where = out or Path("tuning") / re.sub(r"[^A-Za-z0-9._-]+", "_", env_id)
+        check_spec(where, spec)
+        click.echo(f"tuning {env_id} in {where}: {trials} trials, {jobs} at a time; target "
+                   f"{spec.target:g} within {spec.budget} env steps", err=True)
+        best = tune(where, spec, space, trials, jobs, report=click.echo)
+        click.echo(f"best settings: {best}" if best else "no trial completed: no best.toml")
+
+    _run_guarded(run)
+
+
 @main.command()
 @click.argument("name", type=click.Choice(list(EXPERIMENTS)))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("experiments"),
