@@ -498,12 +498,16 @@ def test_sb3s_vec_normalize_and_zip_files_are_refused(tmp_path):
 
 
 @needs_sb3
-def test_dict_observations_example_with_an_image_part_is_refused_by_name():
-    # The Examples page's SimpleMultiObsEnv has an image part: this version has no CNN.
+def test_dict_observations_example_with_an_image_part():
+    # The Examples page's SimpleMultiObsEnv: a vector part and an image part (Nature CNN).
     from stable_baselines3.common.envs import SimpleMultiObsEnv
 
-    with pytest.raises(ConfigError, match="img is an image"):
-        PPO("MultiInputPolicy", SimpleMultiObsEnv(random_start=False))
+    model = PPO("MultiInputPolicy", SimpleMultiObsEnv(random_start=False), **SHORT)
+    model.learn(64)
+    obs = model.env.reset()
+    assert model.predict(obs, deterministic=True)[0].shape == (1,)
+    with pytest.raises(ConfigError, match="CnnPolicy is for image observations"):
+        PPO("CnnPolicy", "CartPole-v1")
 
 
 def test_gsde_as_in_sb3s_pendulum_usage():

@@ -95,6 +95,11 @@ def env_spec(env_id: str, origin: str | None = None) -> EnvSpec:
     return spec
 
 
+class StopTraining(Exception):
+    """Raised from an env's step to end training at once (ppo.sb3 does, when a callback
+    returns False); the collector lets it through instead of reporting the env as broken."""
+
+
 class EnvError(RuntimeError):
     """An env misbehaved: it raised, or returned what Gymnasium's API does not allow."""
 

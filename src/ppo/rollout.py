@@ -22,7 +22,7 @@ import torch
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import concatenate, create_empty_array
 
-from ppo.envs import EnvError, EnvValueError, EnvWorkerError
+from ppo.envs import EnvError, EnvValueError, EnvWorkerError, StopTraining
 from ppo.normalization import ObsNormalizer, RewardScaler
 from ppo.policy import Policy
 from ppo.spaces import (
@@ -425,6 +425,8 @@ class Collector:
             tock = clock()
             try:
                 raw_obs, reward, term, trunc, info = self.envs.step(env_action)
+            except StopTraining:
+                raise
             except Exception as e:
                 raise self._failure(e, f"near global step {global_step + t * n}") from None
             self.time_act += tock - tick

@@ -21,7 +21,6 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from optimal import evaluate_by_episodes, exact_policy_value, optimal_value  # noqa: E402
-
 from ppo import PPO  # noqa: E402
 from ppo.envs import make_env  # noqa: E402
 from ppo.evaluation import evaluate  # noqa: E402

@@ -20,7 +20,7 @@ gymnasium.Env, a VecEnv: ours or SB3's DummyVecEnv/SubprocVecEnv).
 What it refuses, with a ConfigError naming the argument: other schedules; clip_range_vf (SB3
 clips the value prediction, ppo clips as OpenAI baselines: the max of clipped and unclipped
 errors); SB3's VecNormalize (statistics kept by pickling the wrapper: normalize inside the
-agent with ppo.PPO instead); CnnPolicy (no image observations in this version); custom policy
+agent with ppo.PPO instead); CnnPolicy on other than image observations; custom policy
 classes, rollout buffers, optimizers other than Adam; feature extractors on other than 1-D
 Box observations; make_vec_env's monitor files; and SB3's .zip files, which hold pickles:
 models are saved as safetensors with JSON metadata (`model.save("x")` writes

@@ -16,9 +16,11 @@ from gymnasium import spaces
 
 from ppo.agent import PPO as Agent
 from ppo.config import ConfigError, from_dict
+from ppo.envs import StopTraining
 from ppo.sb3.callbacks import Logger, as_callback
 from ppo.sb3.mapping import DEFAULTS, config_values
 from ppo.sb3.vec_env import DummyVecEnv, GymnasiumView
+from ppo.spaces import is_image
 
 POLICIES = ("MlpPolicy", "MultiInputPolicy", "CnnPolicy")
 # SB3's attributes of the same name, read from the engine's config.
@@ -27,10 +29,6 @@ CONFIG_ATTRIBUTES = {"n_steps": "rollout_steps", "batch_size": "minibatch_size",
                      "ent_coef": "ent_coef", "vf_coef": "vf_coef",
                      "max_grad_norm": "max_grad_norm"}
 SUFFIX = ".safetensors"
-
-
-class _Stop(Exception):
-    """A callback's on_step returned False: training stops at once, as in SB3."""
 
 
 def _device(device: Any) -> str:
@@ -153,9 +151,9 @@ class PPO:
 
     @staticmethod
     def _check_policy(policy: str, space: spaces.Space) -> None:
-        if policy == "CnnPolicy":
-            raise ConfigError("policy CnnPolicy: image observations are not in this version "
-                              "of ppo")
+        if policy == "CnnPolicy" and not is_image(space):
+            raise ConfigError("policy CnnPolicy is for image observations (a uint8 Box of "
+                              "height and width 32 or more); use MlpPolicy")
         if policy == "MlpPolicy" and isinstance(space, spaces.Dict):
             raise ConfigError("policy MlpPolicy: use MultiInputPolicy with Dict observations "
                               "(as SB3 requires)")
@@ -265,7 +263,7 @@ class PPO:
                 callback.update_locals({**local, "n_steps": steps_in_rollout,
                                         "total_timesteps": total_timesteps})
                 if not callback.on_step():
-                    raise _Stop
+                    raise StopTraining  # at once, as in SB3
                 if steps_in_rollout == 0:
                     callback.on_rollout_end()
 
@@ -276,7 +274,7 @@ class PPO:
         try:
             # The engine rounds up to whole rollouts, as SB3 does.
             agent.learn(max(0, total_timesteps - agent.global_step))
-        except _Stop:
+        except StopTraining:
             pass
         finally:
             self._view.on_step = None
