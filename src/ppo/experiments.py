@@ -71,7 +71,7 @@ EXPERIMENTS = {
          "no clip,K=20,lr=1e-3": {"clip_eps": 1000.0, "epochs": 20, "lr": 1e-3,
                                   "clip_value": False}},
         twin_axes=True),
-    "pitfalls": Experiment(
+    "mistakes": Experiment(
         "Each common implementation mistake, as a switch, against the standard settings.",
         {
             "standard": {},
