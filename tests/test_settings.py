@@ -14,8 +14,10 @@ from ppo.config import Config, ConfigError, from_dict
 
 SETTINGS = Path(str(resources.files("ppo") / "settings"))
 FILES = sorted(SETTINGS.glob("*.toml"))
-TASKS = {  # issue 14's table, the race tasks, and the Dict-observation task
-    "CartPole-v1", "Acrobot-v1", "MountainCar-v0", "MountainCarContinuous-v0", "Pendulum-v1",
+# The zoo table's tasks (but the two MountainCars, where the settings by kind of task did
+# better than the Zoo's: SOURCES.md), the race tasks, and the Dict-observation task.
+TASKS = {
+    "CartPole-v1", "Acrobot-v1", "Pendulum-v1",
     "LunarLander-v3", "LunarLanderContinuous-v3", "BipedalWalker-v3", "HalfCheetah-v5",
     "Hopper-v5", "Walker2d-v5", "Ant-v5", "Swimmer-v5", "Humanoid-v5", "ALE/Breakout-v5",
     "CarRacing-v3", "minigrid:MiniGrid-DoorKey-5x5-v0", "ppo.wrappers:CartPoleNoVelocity-v1",
@@ -44,11 +46,9 @@ def test_settings_say_where_they_come_from(path):
 
 
 def test_gsde_tasks_use_it():
-    """The Zoo's Pendulum and MountainCarContinuous settings use gSDE, with its sample
-    frequency (every 4 steps; once per rollout)."""
-    for env_id, freq in (("Pendulum-v1", 4), ("MountainCarContinuous-v0", -1)):
-        config = from_dict(tomllib.loads((SETTINGS / f"{env_id}.toml").read_text()))
-        assert config.use_sde and config.sde_sample_freq == freq
+    """The Zoo's Pendulum settings use gSDE, resampled every 4 steps."""
+    config = from_dict(tomllib.loads((SETTINGS / "Pendulum-v1.toml").read_text()))
+    assert config.use_sde and config.sde_sample_freq == 4
 
 
 def test_sources_table_lists_every_file():
