@@ -1,4 +1,5 @@
-"""The Numba kernels (src/ppo/kernels.py) against today's NumPy fast path, call by call.
+"""The Numba kernels (benchmarks/numba_kernels.py: a measured prototype, not used by the
+engine) against the NumPy fast path, call by call.
 
 Measured, one thread (BLAS included), each figure the best of 7 repeats of a timed loop, in
 CPU time of the process:
@@ -49,11 +50,11 @@ def best_us(fn, number: int) -> float:
 
 
 def per_call(env: str, hidden: list[int], shared: bool) -> dict[str, float]:
+    import numba_kernels as kernels
     import numpy as np
     import torch
     from gymnasium import spaces
 
-    from ppo import kernels
     from ppo.advantages import Batch
     from ppo.config import Config
     from ppo.learners import make_learner
@@ -128,9 +129,8 @@ def first_calls() -> dict[str, float]:
     import numba  # noqa: F401
     seconds = {"import numba": time.perf_counter() - tick}
     tick = time.perf_counter()
+    import numba_kernels as kernels
     import numpy as np
-
-    from ppo import kernels
     seconds["import ppo.kernels (after numba)"] = time.perf_counter() - tick
     rng = np.random.default_rng(0)
     for gaussian in (False, True):

@@ -1,12 +1,13 @@
 """The compiled kernels are the plain formula: the torch model's outputs, autograd's gradients
 of the loss in objective.py, torch.optim.Adam's step; and the same bits on every run."""
 
+import numba_kernels as kernels
 import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
 
-from ppo import kernels, objective
+from ppo import objective
 from ppo.config import Config
 from ppo.networks import ActorCritic
 from ppo.spaces import ActionSpec

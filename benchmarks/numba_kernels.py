@@ -1,10 +1,14 @@
 """Compiled kernels for the CPU fast path: acting, and PPO's minibatch step for an MLP.
 
+A measured prototype (benchmarks/results/cpu-fast-path-research.md), not used by the engine:
+about 4x faster per call, but ~60 s of compilation on a first run and not bit-identical to
+the NumPy fast path. Run its tests with `pytest benchmarks/test_numba_kernels.py`.
+
 Pure functions over flat float32 parameter vectors, compiled by Numba. At the sizes PPO uses
 on a CPU (a 64-64 MLP, batch 1 to act, 64 per minibatch) NumPy spends most of its time
 between its calls (~1 us each, ~40 per step), not in them; a compiled loop has no such
 overhead. The math is the plain formula of learner.py and objective.py, pinned to it by
-tests/test_kernels.py.
+benchmarks/test_numba_kernels.py.
 
 Parameters are laid out in the order of `ActorCritic.parameters()` (policy.py): the
 Gaussian's log std (a module's own parameters come before its children's), then each
