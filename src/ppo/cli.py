@@ -336,7 +336,8 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
 def train(config_file: Path | None, preset: str | None, defaults: str,
           resume_dir: Path | None, seed_list: str | None, jobs: int | None, quiet: bool,
           nproc: int | None, **flags: Any) -> None:
-    """Train an agent. Plain `ppo train` trains LunarLander-v3 with the standard PPO settings
+    """Train an agent. Plain `ppo train` trains LunarLander-v3 with the settings shipped for it
+    (the RL Baselines3 Zoo's); `--preset lunarlander` gives the standard PPO settings
     (Schulman et al. 2017)."""
     if nproc is not None and "WORLD_SIZE" in os.environ:
         raise UserError("--nproc launches torchrun, and this process already runs under "

@@ -1,1 +1,2 @@
-"""The seed's first two layers in NumPy: oracles the engine is tested against."""
+"""Independent NumPy oracles the engine is tested against: a NumPy PPO without autograd and a
+NumPy GAE."""

@@ -1,4 +1,4 @@
-"""Layer 2: Generalized Advantage Estimation (Schulman et al. 2016), written as plainly as possible.
+"""Generalized Advantage Estimation (Schulman et al. 2016), written as plainly as possible.
 
 This is the oracle the fast engine (ppo.advantages) is tested against, so it trades speed for
 obviousness: float64 throughout and one explicit reverse loop over time for each env.

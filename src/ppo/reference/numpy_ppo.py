@@ -1,4 +1,4 @@
-"""Layer 1: PPO-Clip on CartPole in NumPy alone, with the surrogate's gradient derived by hand.
+"""PPO-Clip on CartPole in NumPy alone, with the surrogate's gradient derived by hand.
 
 Policy: a linear softmax, logits = obs @ W + b. Baseline: a value function linear in its
 parameters, refit each iteration by ridge-regularised least squares to the GAE returns. The
