@@ -63,14 +63,16 @@ def _cell(value: float) -> str:
 
 
 def report(runs: dict[tuple[str, str], list[Path]], root: Path, read) -> Path:
-    """results.md: a row per task, both variants side by side, then every run; a figure per
-    task. `read(run_dir)` gives a run's metrics columns (empty if it logged nothing)."""
+    """results.md: a row per task and variant, every run, a figure per task.
+    `read(run_dir)` gives a run's metrics columns (empty if it logged nothing)."""
     from ppo import figures
+    from ppo.settings import task_file
 
     header = ("| task | budget | target | variant | final evaluation (mean ± std) | reached | "
               "median steps to target | median training time to target (s) |")
     lines = ["# zoo", "", __doc__.split("\n\n")[1].replace("\n", " "), "",
              header, "|---|---|---|---|---|---|---|---|"]
+    figure_lines = ["", "## Learning curves", ""]
     per_run = ["", "## Per run", "", "| task | variant | seed | steps | final evaluation | "
                "steps to target | training time to target (s) |", "|---|---|---|---|---|---|---|"]
     for task, (budget, target) in TARGETS.items():
@@ -85,7 +87,10 @@ def report(runs: dict[tuple[str, str], list[Path]], root: Path, read) -> Path:
             def median(key: str, hit: list[dict[str, float]] = hit) -> str:
                 return f"{np.median([r[key] for r in hit]):,.0f}" if hit else "-"
 
-            lines.append(f"| {task} | {budget:,} | {target:g} | {label} | "
+            shown = label
+            if VARIANTS[label] == "task" and task_file(task) is None:
+                shown = f"{label} (none shipped: the kind's)"
+            lines.append(f"| {task} | {budget:,} | {target:g} | {shown} | "
                          f"{np.mean(finals):.1f} ± {np.std(finals):.1f} | "
                          f"{len(hit)}/{len(results)} | {median('steps_to_target')} | "
                          f"{median('time_to_target')} |")
@@ -98,7 +103,7 @@ def report(runs: dict[tuple[str, str], list[Path]], root: Path, read) -> Path:
         if groups:
             slug = task.replace("/", "-")
             figure = figures.plot_evaluations(groups, root / f"curves_{slug}.png", task, target)
-            lines += ["", f"![{task}]({figure.name})", ""]
+            figure_lines += [f"![{task}]({figure.name})", ""]
     path = root / "results.md"
-    path.write_text("\n".join(lines + per_run) + "\n")
+    path.write_text("\n".join(lines + figure_lines + per_run) + "\n")
     return path
