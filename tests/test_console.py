@@ -98,3 +98,11 @@ def test_logger_summary_covers_the_whole_run(tmp_path):
         "at step 256 (mean of the last 100 episodes)")
     assert lines[-2] == f"last checkpoint: {run_dir / 'checkpoints' / 'update_000004.safetensors'}"
     assert lines[-1].startswith(f"best checkpoint: {run_dir / 'checkpoints'}")
+
+
+def test_returns_are_shown_with_the_digits_that_matter():
+    from ppo.console import figure
+
+    assert figure(255.634) == "255.6" and figure(-1500.04, sign=True) == "-1500.0"
+    assert figure(-0.04423) == "-0.0442" and figure(0.9652, sign=True) == "+0.965"
+    assert figure(0.0) == "0.0" and figure(float("nan")) == "n/a"

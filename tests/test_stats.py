@@ -37,8 +37,8 @@ def test_the_interval_covers_the_iqm_and_narrows_with_more_runs():
     assert (iqm_estimate(many).high - iqm_estimate(many).low
             < iqm_estimate(few).high - iqm_estimate(few).low)
     assert iqm_estimate([5.0, 5.0, 5.0]) == (5.0, 5.0, 5.0)
-    assert Estimate(2.5, 1.25, 3.75).format() == "2.5 [1.2, 3.8]"
-    assert Estimate(2.5, 1.25, 3.75).format(2) == "2.50 [1.25, 3.75]"
+    assert Estimate(2.5, 1.25, 3.75).format() == "2.5 [1.25, 3.75]"
+    assert Estimate(255.63, -0.0442, 12.0).format() == "255.6 [-0.0442, 12.0]"
 
 
 def test_the_interval_covers_the_true_iqm_about_95_percent_of_the_time():

@@ -11,6 +11,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 
+def figure(x: float, sign: bool = False) -> str:
+    """A return as people read it: one decimal from 10 up, three significant digits below
+    (Blackjack's -0.0442, MiniGrid's 0.965 would both read as 0.0 or 1.0 otherwise)."""
+    if math.isnan(x):
+        return "n/a"
+    spec = "+" if sign else ""
+    return f"{x:{spec}.1f}" if abs(x) >= 10 or x == 0 else f"{x:{spec}.3g}"
+
+
 class Progress(NamedTuple):
     """How far a run is: env steps done of the total, seconds elapsed, seconds left (NaN
     until a step has been timed)."""
@@ -41,12 +50,12 @@ def console_line(row: dict[str, Any], at: Progress | None = None) -> str:
     """The line printed after an update; with `at`, the step of the total, the percentage done,
     the time elapsed and the ETA."""
     ret = row["episodic_return"]
-    ret_text = "   n/a" if math.isnan(ret) else f"{ret:+.1f}"
+    ret_text = "   n/a" if math.isnan(ret) else figure(ret, sign=True)
     step = f"step {row['global_step']}"
     if at is not None:
         step += f"/{at.total} ({100 * at.step / at.total:.0f}%)"
     if "eval_return" in row:
-        ret_text += f" eval={row['eval_return']:+.1f}"
+        ret_text += f" eval={figure(row['eval_return'], sign=True)}"
     line = (
         f"update {row['update']:03d} {step} return={ret_text} "
         f"kl={row['approx_kl']:.3f} clipfrac={row['clipfrac']:.2f} "
@@ -91,27 +100,28 @@ def run_summary(metrics: dict[str, np.ndarray], checkpoints: dict[int, Path],
     if np.isfinite(returns).any():
         best = int(np.nanargmax(returns))
         final = returns[-1]
-        lines += [f"final return {'n/a' if math.isnan(final) else f'{final:+.1f}'} at step "
+        lines += [f"final return {figure(final, sign=True)} at step "
                   f"{steps[-1]:.0f} (mean of the last 100 episodes)",
-                  f"best return {returns[best]:+.1f} at step {steps[best]:.0f} "
+                  f"best return {figure(returns[best], sign=True)} at step {steps[best]:.0f} "
                   f"(update {updates[best]})"]
     else:
         lines.append("no episode has finished: no return yet")
     evaluations = metrics.get("eval_return", np.zeros(0))
     if np.isfinite(evaluations).any():
         best = int(np.nanargmax(evaluations))
-        lines.append(f"best evaluation {evaluations[best]:+.1f} at step {steps[best]:.0f} "
-                     f"(update {updates[best]})")
+        lines.append(f"best evaluation {figure(evaluations[best], sign=True)} at step "
+                     f"{steps[best]:.0f} (update {updates[best]})")
     lines.append(f"wall-clock {duration(float(np.sum(metrics['time_total'])))} of training")
     if checkpoints:
         lines.append(f"last checkpoint: {checkpoints[max(checkpoints)]}")
     if best_file is not None and best_file.is_file() and np.isfinite(evaluations).any():
-        lines.append(f"best checkpoint: {best_file} (evaluation {np.nanmax(evaluations):+.1f})")
+        top = figure(np.nanmax(evaluations), sign=True)
+        lines.append(f"best checkpoint: {best_file} (evaluation {top})")
     elif checkpoints:
         by_update = dict(zip(updates.tolist(), returns.tolist(), strict=True))
         scored = {u: by_update[u] for u in checkpoints if math.isfinite(by_update.get(u, math.nan))}
         if scored:
             best_update = max(scored, key=scored.get)
             lines.append(f"best checkpoint: {checkpoints[best_update]} "
-                         f"(return {scored[best_update]:+.1f})")
+                         f"(return {figure(scored[best_update], sign=True)})")
     return lines

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ppo.checkpoint import CheckpointError, holds_run, latest_checkpoint
+from ppo.console import figure
 from ppo.metrics import read_metrics
 
 # One thread per child, as `threads` defaults to: children share the cores.
@@ -85,7 +86,7 @@ def outcome(job: Job, code: int) -> str:
     if code != 0:
         return f"{job.run_dir}: failed (exit {code}), see {job.log}"
     final = last_metrics(job.run_dir).get("episodic_return", math.nan)
-    return f"{job.run_dir}: done, final return {final:.1f}"
+    return f"{job.run_dir}: done, final return {figure(final)}"
 
 
 def run_jobs(jobs: Sequence[Job], parallel: int,

@@ -31,8 +31,10 @@ class Estimate(NamedTuple):
     low: float
     high: float
 
-    def format(self, digits: int = 1) -> str:
-        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
+    def format(self) -> str:
+        from ppo.console import figure
+
+        return f"{figure(self.value)} [{figure(self.low)}, {figure(self.high)}]"
 
 
 def _runs_by_tasks(scores: ArrayLike) -> np.ndarray:
