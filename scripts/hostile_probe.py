@@ -1167,7 +1167,7 @@ def cat5() -> None:
             timeout=160)
 
     def ctrl_c_early(work: Path) -> Result:
-        p = Proc(cli("train", *SMALL, "--total-timesteps", 64 * 10, "--num-envs", 4, "--vector",
+        p = Proc(cli("train", *SMALL, "--total-timesteps", 64 * 10_000, "--num-envs", 4, "--vector",
                      "async", "--run-dir", "run2"), work)
         time.sleep(0.3)
         p.signal_group(signal.SIGINT)

@@ -294,7 +294,7 @@ class PPO:
         if not obs_len(x):
             raise ValueError("predict: obs is an empty batch")
         if not obs_finite(x).all():
-            raise ValueError("predict: obs holds NaN or Inf")
+            raise ValueError("predict: obs is not finite (it holds NaN or Inf)")
         if self.obs_normalizer is not None:
             x = self.obs_normalizer(x)
         n = obs_len(x)

@@ -258,7 +258,7 @@ class ObsEncoder:
         self.width = sum(part.width for part in self.parts)
         if self.width > MAX_WIDTH:
             raise ConfigError(f"observations encode to {self.width:,} numbers each, more than "
-                              f"the {MAX_WIDTH:,} an MLP's first layer can take here")
+                              f"the {MAX_WIDTH:,} an MLP's first layer can hold in memory")
         # Columns that observation normalization applies to (one-hot and binary parts: none).
         self.normalized_columns = np.concatenate(
             [np.full(part.width, part.normalize) for part in self.parts] or [np.zeros(0, bool)])
