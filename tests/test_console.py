@@ -54,7 +54,7 @@ def test_rounding_note_only_when_the_count_changes():
     assert rounding_note(0, 4096, 2048) is None
     assert rounding_note(0, 200_000, 2048) == (
         "total_timesteps 200000 is not a whole number of updates of 2048 steps: the run "
-        "trains to step 200704 (98 more updates)")
+        "trains to step 200704 (98 updates to go)")
 
 
 def _columns(returns, time_total=30.0):

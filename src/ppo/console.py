@@ -81,8 +81,8 @@ def rounding_note(start_step: int, end_step: int, steps_per_update: int) -> str 
         return None
     updates = (actual - start_step) // steps_per_update
     return (f"total_timesteps {end_step} is not a whole number of updates of "
-            f"{steps_per_update} steps: the run trains to step {actual} ({updates} more "
-            f"update{'s' if updates != 1 else ''})")
+            f"{steps_per_update} steps: the run trains to step {actual} ({updates} "
+            f"update{'s' if updates != 1 else ''} to go)")
 
 
 def run_summary(metrics: dict[str, np.ndarray], checkpoints: dict[int, Path],
