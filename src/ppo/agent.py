@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector import VectorEnv
 from threadpoolctl import threadpool_limits
 
 from ppo import checkpoint
@@ -28,11 +27,11 @@ from ppo.advantages import prepare_batch
 from ppo.config import Config, ConfigError, check_memory
 from ppo.console import rounding_note
 from ppo.distributed import join_from_env
-from ppo.envs import EnvSource, close_quietly, make_env, make_vector_env
+from ppo.envs import EnvSource, close_quietly, make_vector_env, single_env_maker
 from ppo.evaluation import Evaluator
 from ppo.learners import make_learner
 from ppo.metrics import MetricsLogger, tracking_sinks
-from ppo.networks import ActorCritic, FeaturesExtractor, Network, build
+from ppo.networks import FeaturesExtractor, Network, build, check_trainable
 from ppo.normalization import ObsNormalizer, RewardScaler
 from ppo.policy import make_policy
 from ppo.recurrent import recurrent_state, state_arrays
@@ -77,7 +76,7 @@ class PPO:
         threadpool_limits(cfg.threads)
         torch.manual_seed(cfg.seed)
         self.envs = make_vector_env(cfg, env)
-        self._make_env = _single_env_maker(cfg, env)
+        self._make_env = single_env_maker(cfg, env)
         spec = getattr(self.envs, "spec", None)
         self.env_name = cfg.env_id if env is None else (spec.id if spec else type(env).__name__)
         try:
@@ -101,17 +100,8 @@ class PPO:
                 raise
         self.model = build(self.encoder, self.action_spec, cfg, features_extractor,
                            network).to(self.device)
-        if cfg.algo == "trpo" and (type(self.model) is not ActorCritic
-                                   or self.model.encoder is not None):
-            raise ConfigError("algo trpo needs the built-in MLP actor and critic networks "
-                              "(vector observations, policy mlp)")
-        recurrent = hasattr(self.model, "initial_state")
-        if recurrent and self.replicas is not None:
-            raise ConfigError("policy lstm trains in one process; distributed training takes "
-                              "feed-forward policies")
-        if recurrent and self.envs.metadata.get("autoreset_mode") == AutoresetMode.NEXT_STEP:
-            raise ConfigError("policy lstm needs envs reset on the step their episode ends "
-                              "(Gymnasium's AutoresetMode.SAME_STEP)")
+        check_trainable(self.model, cfg, self.envs.metadata.get("autoreset_mode"),
+                        distributed=self.replicas is not None)
         self.custom_network = features_extractor is not None or network is not None
         self.learner = make_learner(cfg, self.model, self.replicas)
         # Images are never normalized: without vector parts there is nothing to normalize.
@@ -321,28 +311,9 @@ class PPO:
              **overrides: Any) -> PPO:
         """Rebuild an agent from a checkpoint file, or from a run directory's latest one (with
         the same feature extractor or network, if it was trained with one)."""
-        if not isinstance(path, str | os.PathLike):
-            raise ConfigError(f"path must be a str or Path, got {type(path).__name__}")
-        path = Path(path)
-        if path.is_dir():  # the newest checkpoint that is valid, saying which were skipped
-            found = checkpoint.newest_valid_checkpoint(
-                path, check=lambda t, m, p: checkpoint.check_meta(m, p))
-            for why in found.skipped if verbose else ():
-                print(f"note: skipped checkpoint {why}", file=sys.stderr)
-            path, tensors, meta = found.path, found.tensors, found.meta
-        else:
-            tensors, meta = checkpoint.load_checkpoint(path)
-            checkpoint.check_meta(meta, path)
-        # A file's own idea of where its run lives is never trusted with writes: a loaded
-        # agent writes nowhere unless given a run_dir (resume passes the directory it read).
-        stored = {k: v for k, v in meta["config"].items() if k != "run_dir"}
-        if "num_envs" in overrides and "minibatch_size" not in overrides:
-            # Fewer envs (ppo eval's one): a minibatch no larger than the smaller rollout.
-            rollout = stored.get("rollout_steps", Config.rollout_steps) * overrides["num_envs"]
-            overrides["minibatch_size"] = min(
-                stored.get("minibatch_size", Config.minibatch_size), rollout)
-        agent = cls(checkpoint.config_of(stored, overrides, path), env=env, verbose=verbose,
-                    features_extractor=features_extractor, network=network)
+        config, tensors, meta, path = checkpoint.read_for_load(path, overrides, verbose)
+        agent = cls(config, env=env, verbose=verbose, features_extractor=features_extractor,
+                    network=network)
         checkpoint.restore(agent, tensors, meta, path)
         return agent
 
@@ -358,12 +329,3 @@ class PPO:
         close_quietly(self.envs)
         if self.replicas is not None:
             self.replicas.close()
-
-
-def _single_env_maker(cfg: Config, source: EnvSource | None) -> Callable[[], Any] | None:
-    """How to build one more env like the training ones (for evaluation), if there is a way."""
-    if source is None:
-        return lambda: make_env(cfg)
-    if callable(source) and not isinstance(source, gym.Env | VectorEnv):
-        return source
-    return None

@@ -17,6 +17,7 @@ import math
 import os
 import re
 import stat
+import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -462,6 +463,34 @@ def config_of(stored: dict[str, Any], overrides: dict[str, Any], source: Path) -
         return from_dict({**stored, **overrides})
     except ConfigError as e:
         raise CheckpointError(f"{source} holds an unusable config: {e}") from None
+
+
+def read_for_load(path: Any, overrides: dict[str, Any], verbose: bool
+                  ) -> tuple[Config, dict[str, torch.Tensor], dict[str, Any], Path]:
+    """What `PPO.load` builds an agent from: the config (the file's, less its run_dir, with
+    `overrides`), the tensors and metadata, and the file they came from. `path`: a checkpoint
+    file, or a run directory whose newest valid checkpoint is taken (with `verbose`, saying
+    which were skipped)."""
+    if not isinstance(path, str | os.PathLike):
+        raise ConfigError(f"path must be a str or Path, got {type(path).__name__}")
+    path = Path(path)
+    if path.is_dir():
+        found = newest_valid_checkpoint(path, check=lambda t, m, p: check_meta(m, p))
+        for why in found.skipped if verbose else ():
+            print(f"note: skipped checkpoint {why}", file=sys.stderr)
+        path, tensors, meta = found.path, found.tensors, found.meta
+    else:
+        tensors, meta = load_checkpoint(path)
+        check_meta(meta, path)
+    # A file's own idea of where its run lives is never trusted with writes: a loaded agent
+    # writes nowhere unless given a run_dir (resume passes the directory it read).
+    stored = {k: v for k, v in meta["config"].items() if k != "run_dir"}
+    if "num_envs" in overrides and "minibatch_size" not in overrides:
+        # Fewer envs (ppo eval's one): a minibatch no larger than the smaller rollout.
+        rollout = stored.get("rollout_steps", Config.rollout_steps) * overrides["num_envs"]
+        overrides = {**overrides, "minibatch_size": min(
+            stored.get("minibatch_size", Config.minibatch_size), rollout)}
+    return config_of(stored, overrides, path), tensors, meta, path
 
 
 def restore(agent: PPO, tensors: dict[str, torch.Tensor], meta: dict[str, Any],

@@ -289,3 +289,12 @@ def make_vector_env(cfg: Config, source: EnvSource | None = None) -> VectorEnv:
         raise ConfigError(f"cannot make env {cfg.env_id!r}: {type(e).__name__}: {e}") from None
     envs.replayable_episodes = True
     return envs
+
+
+def single_env_maker(cfg: Config, source: EnvSource | None) -> Callable[[], Any] | None:
+    """How to build one more env like the training ones (for evaluation), if there is a way."""
+    if source is None:
+        return lambda: make_env(cfg)
+    if callable(source) and not isinstance(source, gym.Env | VectorEnv):
+        return source
+    return None

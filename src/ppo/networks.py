@@ -251,3 +251,22 @@ def build(obs: ObsEncoder | int, action_spec: ActionSpec, cfg: Config,
             f"{action_spec.num_params}), value of shape (N,)); got {tuple(params.shape)} and "
             f"{tuple(value.shape)}")
     return model
+
+
+def check_trainable(model: ActorCritic, cfg: Config, autoreset_mode: object,
+                    distributed: bool) -> None:
+    """ConfigError where the rest of the run cannot train this network: TRPO takes the
+    built-in MLPs alone; an LSTM takes one process and envs reset on the step their episode
+    ends (its state is reset with them)."""
+    from gymnasium.vector import AutoresetMode
+
+    if cfg.algo == "trpo" and (type(model) is not ActorCritic or model.encoder is not None):
+        raise ConfigError("algo trpo needs the built-in MLP actor and critic networks "
+                          "(vector observations, policy mlp)")
+    if hasattr(model, "initial_state"):
+        if distributed:
+            raise ConfigError("policy lstm trains in one process; distributed training takes "
+                              "feed-forward policies")
+        if autoreset_mode == AutoresetMode.NEXT_STEP:
+            raise ConfigError("policy lstm needs envs reset on the step their episode ends "
+                              "(Gymnasium's AutoresetMode.SAME_STEP)")
