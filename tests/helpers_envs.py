@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 
 import gymnasium as gym
 import numpy as np
@@ -564,3 +565,21 @@ class SequenceObservation(gym.ObservationWrapper):
 
     def observation(self, observation):
         return (0,)
+
+
+class WarnsOnReset(CounterEnv):
+    """A CounterEnv whose reset warns, as Gymnasium's env checker does; with `fail`, its
+    first step then raises."""
+
+    def __init__(self, fail: bool = False):
+        super().__init__(terminate_at=5)
+        self.fail = fail
+
+    def reset(self, *, seed=None, options=None):
+        warnings.warn("this env is an old friend", UserWarning, stacklevel=2)
+        return super().reset(seed=seed, options=options)
+
+    def step(self, action):
+        if self.fail:
+            raise RuntimeError("the simulator is gone")
+        return super().step(action)

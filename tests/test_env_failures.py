@@ -127,3 +127,21 @@ def _members(group: int) -> list[int]:
             if entry.name.isdigit() and int(fields[2]) == group and fields[0] != "Z":
                 found.append(int(entry.name))
     return found
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_library_warnings_are_one_line_and_held_back_from_a_failing_start(tmp_path, fail):
+    """A warning before the first update shows as one `warning:` line once an update went
+    through; if the start fails instead, the error line stands alone."""
+    args = ["train", "--env", "helpers_envs:WarnsOnReset", "--env-kwargs",
+            f"fail={str(fail).lower()}", "--defaults", "plain", "--rollout-steps", "16",
+            "--minibatch-size", "16", "--total-timesteps", "32", "--run-dir",
+            str(tmp_path / "run"), "--quiet", "--no-tensorboard"]
+    result = CliRunner().invoke(ppo.cli.main, args)
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("settings:")]
+    if fail:
+        assert result.exit_code == 2 and len(lines) == 1, lines
+        assert lines[0].startswith("error: env helpers_envs:WarnsOnReset")
+    else:
+        assert result.exit_code == 0, result.output
+        assert lines == ["warning: this env is an old friend"], lines

@@ -277,17 +277,18 @@ class OneLineErrors(click.Group):
             with click.Context(self, info_name=kwargs.get("prog_name", "ppo")) as ctx:
                 click.echo(self.get_help(ctx))
             return 0
-        warnings.showwarning = _one_line_warning
+        LIBRARY_WARNINGS.start()
+        warnings.showwarning = LIBRARY_WARNINGS.show
         try:
-            return super().main(args, *rest, standalone_mode=False, **kwargs)
+            result = super().main(args, *rest, standalone_mode=False, **kwargs)
+            LIBRARY_WARNINGS.release()
+            return result
         except click.ClickException as e:
             _report_error(f"error: {e.format_message()}", getattr(e, "secondary", False))
             sys.exit(e.exit_code)
         except click.Abort:  # Ctrl-C before training started (Click prints a newline first)
             click.echo("error: interrupted before training started", err=True)
             sys.exit(128 + signal.SIGINT)
-
-
 
 
 @click.group(cls=OneLineErrors,
@@ -300,12 +301,39 @@ def main() -> None:
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
 
-def _one_line_warning(message: Warning | str, category: type[Warning], filename: str,
-                      lineno: int, file: Any = None, line: str | None = None) -> None:
-    """A library's warning (Gymnasium's env checker, say) as one `warning:` line, without
-    the source location and the terminal colours."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(message).split()))
-    click.echo(f"warning: {text}", err=True)
+class _LibraryWarnings:
+    """A library's warnings (Gymnasium's env checker, say) as one `warning:` line each,
+    without the source location and the terminal colours. Until training starts (or the
+    command ends well) they are held: a command that fails prints its one error line alone,
+    which names what the warning was about."""
+
+    def __init__(self) -> None:
+        self.start()
+
+    def start(self) -> None:
+        """A command begins: hold its warnings."""
+        self.held: list[str] = []
+        self.seen: set[str] = set()  # each text once, however many envs say it
+        self.live = False
+
+    def show(self, message: Warning | str, category: type[Warning], filename: str,
+             lineno: int, file: Any = None, line: str | None = None) -> None:
+        text = re.sub(r"\x1b\[[0-9;]*m", "", " ".join(str(message).split()))
+        if text in self.seen:
+            return
+        self.seen.add(text)
+        self.held.append(f"warning: {text}")
+        if self.live:
+            self.release()
+
+    def release(self) -> None:
+        for line in self.held:
+            click.echo(line, err=True)
+        self.held.clear()
+        self.live = True
+
+
+LIBRARY_WARNINGS = _LibraryWarnings()
 
 
 @main.command(cls=GroupedHelp)
@@ -553,8 +581,8 @@ def _train(agent: Any, run_dir: Path, fresh: bool, stdout: _ClosablePipe,
                     raise ConfigError(f"{run_dir} already holds a run ({', '.join(files)}); "
                                       "use --resume or another --run-dir")
                 guard.started = True
-                try:
-                    agent.learn()
+                try:  # warnings held until the envs have made it through an update
+                    agent.learn(callback=lambda row, agent: LIBRARY_WARNINGS.release())
                 except Interrupted as e:
                     if agent.rank == 0:
                         cause = ("standard output was closed (its reader exited)"
