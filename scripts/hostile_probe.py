@@ -1,7 +1,7 @@
-#!/usr/bin/env python3
+"""Hostile probe of the `ppo` command and Python API: untrusted files and bad input.
 """Hostile probe of the `ppo` command and Python API: untrusted files and bad input.
 
-Runs ~180 attempts a hostile or careless user could make, in nine categories, each in a
+Runs 263 attempts a hostile or careless user could make, in nine categories, each in a
 throwaway directory and in its own process (forked from this one, so that torch is imported
 once; the cases about pipes, process groups and torchrun start real `python -m ppo`
 processes). Each attempt is classified automatically:
