@@ -31,8 +31,8 @@ PPO_BIN = str(Path(sys.executable).with_name("ppo"))
 COMMANDS = {
     "ppo --help": [PPO_BIN, "--help"],
     "ppo train --help": [PPO_BIN, "train", "--help"],
-    "ppo train, 2048 steps": [PPO_BIN, "train", "--quiet", "--total-timesteps", "2048",
-                              "--no-tensorboard"],
+    "ppo train, 2048 steps": [PPO_BIN, "train", "--defaults", "plain", "--quiet",
+                              "--total-timesteps", "2048", "--no-tensorboard"],
 }
 
 
@@ -55,13 +55,11 @@ def child_phases(spawned: float) -> dict[str, tuple[float, float]]:
     lap("import numpy")
     import gymnasium  # noqa: F401
     lap("import gymnasium")
-    import torch
+    import torch  # noqa: F401
     lap("import torch")
     from ppo.agent import PPO
     from ppo.config import Config
     lap("import the rest of ppo.agent")
-    import torch._dynamo  # noqa: F401  (what torch.optim.Optimizer.__init__ imports)
-    lap("import torch._dynamo (first torch.optim.Adam)")
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Config(total_timesteps=2048, tensorboard=False, run_dir=str(Path(tmp) / "run"))
         agent = PPO(cfg, verbose=False)
@@ -112,8 +110,8 @@ def main() -> None:
     parser.add_argument("--child", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        print(json.dumps(child_phases(args.child)))
-        return
+        print(json.dumps(child_phases(args.child)), flush=True)
+        os._exit(0)  # as the `ppo` program ends (ppo.cli.entry): no interpreter teardown
 
     commands: dict[str, list[tuple[float, float]]] = {name: [] for name in COMMANDS}
     phases: dict[str, list[tuple[float, float]]] = {}

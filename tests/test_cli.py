@@ -249,6 +249,21 @@ def test_bad_input_in_a_real_process(run_dir):
         assert "Traceback" not in proc.stderr + proc.stdout
 
 
+def test_a_real_process_ends_with_everything_written(tmp_path):
+    """The installed command skips the interpreter's teardown (ppo.cli.entry): its output,
+    TensorBoard's events and the run's files are complete, and the status is the command's."""
+    run = tmp_path / "run"
+    args = [a for a in SMALL if a not in ("--no-tensorboard", "--quiet")]
+    proc = subprocess.run([Path(sys.executable).parent / "ppo", "train", *args,
+                           "--total-timesteps", "128", "--run-dir", str(run)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("best checkpoint:")
+    assert len((run / "metrics.csv").read_text().splitlines()) == 3  # header and 2 updates
+    events = list((run / "tensorboard").glob("events.*"))
+    assert events and events[0].stat().st_size > 100
+
+
 # ---------------------------------------------------------------- config files
 def test_config_file_with_flag_overrides(tmp_path):
     config = tmp_path / "run.toml"

@@ -1,3 +1,3 @@
-from ppo.cli import main
+from ppo.cli import entry
 
-main()
+entry()

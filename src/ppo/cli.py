@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import datetime
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import tomllib
 import warnings
 from collections.abc import Callable, Iterator
@@ -295,6 +297,32 @@ class OneLineErrors(click.Group):
              context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
     """Proximal Policy Optimization (PPO-Clip) on PyTorch and Gymnasium."""
+
+
+def entry() -> None:
+    """The `ppo` program. With torch loaded, the interpreter's own teardown takes ~0.5 s
+    (measured with torch 2.13 on CPU) and does nothing a command needs: once the command has
+    returned, its threads have finished and the exit handlers have run (envs, workers and
+    files are closed by then), the process ends at once."""
+    try:
+        main()
+        code: Any = 0
+    except SystemExit as e:
+        code = e.code
+    if "torch" not in sys.modules:
+        sys.exit(code)
+    if not isinstance(code, int):
+        if code is not None:
+            print(code, file=sys.stderr)
+        code = 0 if code is None else 1
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # what Python runs at exit (multiprocessing's included)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader gone, a closed stream
+            stream.flush()
+    os._exit(code)
 
 
 # Stop signals: what a terminal sends to the whole foreground process group.
