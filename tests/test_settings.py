@@ -19,7 +19,7 @@ FILES = sorted(SETTINGS.glob("*.toml"))
 TASKS = {
     "CartPole-v1", "Acrobot-v1", "Pendulum-v1",
     "LunarLander-v3", "LunarLanderContinuous-v3", "BipedalWalker-v3", "HalfCheetah-v5",
-    "Hopper-v5", "Walker2d-v5", "Ant-v5", "Swimmer-v5", "Humanoid-v5", "ALE/Breakout-v5",
+    "Hopper-v5", "Walker2d-v5", "Ant-v5", "Swimmer-v5", "ALE/Breakout-v5",
     "CarRacing-v3", "minigrid:MiniGrid-DoorKey-5x5-v0", "ppo.wrappers:CartPoleNoVelocity-v1",
 }
 

@@ -41,3 +41,18 @@ def test_report_gives_final_evaluations_and_time_to_target(tmp_path):
     assert (tmp_path / "curves_CartPole-v1.png").stat().st_size > 0
     table_end = text.index("## Learning curves")
     assert text.count("| task | budget |", 0, table_end) == 1  # one table, figures after it
+
+
+def test_a_task_without_a_settings_file_trains_once_for_both_rows(tmp_path, monkeypatch):
+    """MountainCar-v0 ships no file: `ppo train --env MountainCar-v0` is the kind's settings,
+    so its task-settings row reads the kind-settings runs instead of training them again."""
+    import ppo.launcher
+    from ppo.experiments import run_experiment
+
+    started = []
+    monkeypatch.setattr(ppo.launcher, "run_jobs",
+                        lambda jobs, parallel, report: started.extend(jobs))
+    run_experiment("zoo", tmp_path, 1, None, 1, ["MountainCar-v0", "CartPole-v1"])
+    dirs = sorted(str(job.run_dir.relative_to(tmp_path / "zoo")) for job in started)
+    assert dirs == ["CartPole-v1/kind_settings/seed0", "CartPole-v1/task_settings/seed0",
+                    "MountainCar-v0/kind_settings/seed0"]

@@ -142,6 +142,18 @@ def _with_evaluation(options: dict[str, Any], defaults: str, budget: int) -> dic
             "eval_episodes": zoo.EVAL_EPISODES}
 
 
+def _share_runs_without_a_file(runs: dict[tuple[str, str], list[Path]]) -> None:
+    """Where a zoo task ships no settings file, `ppo train --env X` runs the kind's settings:
+    its task-settings row is the kind-settings runs, not a second set of the same runs."""
+    from ppo.settings import task_file
+
+    task_label, kind_label = (next(label for label, d in zoo.VARIANTS.items() if d == which)
+                              for which in ("task", "kind"))
+    for task, label in list(runs):
+        if label == task_label and task_file(task) is None and (task, kind_label) in runs:
+            runs[(task, task_label)] = runs[(task, kind_label)]
+
+
 def run_experiment(name: str, out: Path, seeds: int | None, steps: int | None,
                    jobs: int, tasks: list[str] | None = None) -> Path:
     """Run what is not finished yet, then write results.md and the figures; return results.md.
@@ -162,8 +174,13 @@ def run_experiment(name: str, out: Path, seeds: int | None, steps: int | None,
     runs = {(task, label): [root / _slug(task) / _slug(label) / f"seed{s}" if exp.tasks
                             else root / _slug(label) / f"seed{s}" for s in range(seeds)]
             for task in exp.tasks or [exp.base["env_id"]] for label in exp.variants}
-    todo = []
+    if exp.budgets:
+        _share_runs_without_a_file(runs)
+    todo, seen = [], set()
     for (task, label), dirs in runs.items():
+        if dirs[0] in seen:
+            continue
+        seen.add(dirs[0])
         options = {**exp.base, "env_id": task, **exp.variants[label]}
         budget = exp.budgets.get(task, steps)
         if exp.budgets:

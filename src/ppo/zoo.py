@@ -104,6 +104,7 @@ def report(runs: dict[tuple[str, str], list[Path]], root: Path, read) -> Path:
             slug = task.replace("/", "-")
             figure = figures.plot_evaluations(groups, root / f"curves_{slug}.png", task, target)
             figure_lines += [f"![{task}]({figure.name})", ""]
+    root.mkdir(parents=True, exist_ok=True)
     path = root / "results.md"
     path.write_text("\n".join(lines + figure_lines + per_run) + "\n")
     return path
