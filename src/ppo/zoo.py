@@ -97,9 +97,11 @@ def report(runs: dict[tuple[str, str], list[Path]], root: Path, read) -> Path:
             per_run += [f"| {task} | {label} | {d.name[4:]} | {r['steps']:,.0f} | "
                         f"{r['final']:.1f} | {_cell(r['steps_to_target'])} | "
                         f"{_cell(r['time_to_target'])} |" for d, r in results]
-        groups = {label: [d for d in runs.get((task, label), []) if read(d)]
+        groups = {label: [d for d in runs.get((task, label), []) if "eval_return" in read(d)]
                   for label in VARIANTS}
         groups = {label: dirs for label, dirs in groups.items() if dirs}
+        if len(groups) == 2 and len(set(map(tuple, groups.values()))) == 1:
+            groups = {"kind settings (no task file)": next(iter(groups.values()))}
         if groups:
             slug = task.replace("/", "-")
             figure = figures.plot_evaluations(groups, root / f"curves_{slug}.png", task, target)
