@@ -1,6 +1,6 @@
 """Steps/s of data-parallel `ppo` with 1 and 2 ranks on LunarLander-v3: weak scaling.
 
-Each rank keeps the seed's setup, 1 env x 2048 steps per update, with the seed's standard
+Each rank keeps the standard setup, 1 env x 2048 steps per update, with the standard
 hyperparameters (ppo's defaults); 2 ranks therefore collect 4096 steps per update and run
 the same number of updates as 1 rank. 1 rank is a plain `ppo train`, 2 ranks are
 `ppo train --nproc 2` (torchrun, gloo). Runs alternate 1, 2, 1, 2, ... so that drift in

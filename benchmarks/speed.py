@@ -1,6 +1,6 @@
 """Speed of `ppo` against Stable-Baselines3 and against the env alone, side by side.
 
-Workloads (LunarLander-v3, the seed's setup: minibatch 64, K=4, lr 3e-4, eps 0.2,
+Workloads (LunarLander-v3, the standard setup: minibatch 64, K=4, lr 3e-4, eps 0.2,
 entropy 0.01, gamma 0.99, lambda 0.95, vf 0.5, grad clip 0.5, value clipping 0.2):
 
   1. 1 env, 2048-step rollouts: `ppo` against SB3 configured the same way.
@@ -37,8 +37,8 @@ from pathlib import Path
 
 ENV_ID = "LunarLander-v3"
 RESULTS = Path(__file__).resolve().parent / "results" / "speed.md"
-# The seed's standard hyperparameters, spelled out so that a change of `ppo`'s defaults
-# cannot silently change the benchmark.
+# The standard PPO hyperparameters (Schulman et al. 2017), spelled out so that a change of
+# `ppo`'s defaults cannot silently change the benchmark.
 MINIBATCH, EPOCHS, LR, CLIP, ENT, GAMMA, LAMBDA, VF, GRAD_CLIP = (
     64, 4, 3e-4, 0.2, 0.01, 0.99, 0.95, 0.5, 0.5)
 ADAM_EPS = 1e-5
@@ -88,7 +88,7 @@ def child_sb3(num_envs: int, rollout_steps: int, steps: int, seed: int) -> dict:
     # per engine firing that only render() clears, so its step slows as episodes lengthen
     # (2-3x by 200k steps). ppo and env-only step the env with no render mode.
     envs = make_vec_env(ENV_ID, n_envs=num_envs, seed=seed, env_kwargs={"render_mode": None})
-    # MlpPolicy's defaults already are the seed's network: separate 64-64 tanh actor and
+    # MlpPolicy's defaults already are the standard network: separate 64-64 tanh actor and
     # critic, orthogonal init. SB3's Adam eps is 1e-5 by default; set anyway, as ppo's.
     model = SB3PPO(
         "MlpPolicy", envs, n_steps=rollout_steps, batch_size=MINIBATCH, n_epochs=EPOCHS,

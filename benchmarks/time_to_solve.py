@@ -1,7 +1,7 @@
 """Wall-clock and env steps to solve LunarLander-v3: `ppo` against Stable-Baselines3.
 
 Solved: the mean return of the last 100 episodes exceeds 200, checked after every update.
-Both run the seed's setup (1 env, 2048-step rollouts, minibatch 64, K=4, lr 3e-4, eps 0.2,
+Both run the standard setup (1 env, 2048-step rollouts, minibatch 64, K=4, lr 3e-4, eps 0.2,
 entropy 0.01) as the same algorithm: SB3's MlpPolicy defaults, i.e. separate 64-64 actor
 and critic, no value clipping, advantages normalized per minibatch; `ppo` is set to match
 (its own defaults, shared trunk and value clipping, solve faster: see the README).

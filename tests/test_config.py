@@ -9,7 +9,7 @@ import tomli_w
 from ppo.config import GROUPS, Config, ConfigError, flag_name, from_dict, load_toml, to_flags
 
 
-def test_defaults_are_the_seed_standard_setup():
+def test_defaults_are_the_standard_setup():
     cfg = Config()
     assert cfg.env_id == "LunarLander-v3"
     assert cfg.clip_eps == 0.2
