@@ -24,20 +24,18 @@ from threadpoolctl import threadpool_limits
 
 from ppo import checkpoint
 from ppo.advantages import prepare_batch
-from ppo.config import Config, ConfigError, check_memory
+from ppo.config import Config, ConfigError
 from ppo.console import rounding_note
 from ppo.distributed import join_from_env
-from ppo.envs import EnvSource, close_quietly, make_vector_env, single_env_maker
+from ppo.envs import EnvSource, close_quietly, open_envs
 from ppo.evaluation import Evaluator
 from ppo.learners import make_learner
 from ppo.metrics import MetricsLogger, tracking_sinks
 from ppo.networks import FeaturesExtractor, Network, build, check_trainable
 from ppo.normalization import ObsNormalizer, RewardScaler
-from ppo.policy import make_policy
-from ppo.recurrent import recurrent_state, state_arrays
+from ppo.policy import make_policy, predict
 from ppo.rollout import Collector
 from ppo.signals import Interrupted, StopSignals
-from ppo.spaces import ActionSpec, ObsEncoder, obs_finite, obs_len
 
 # learn(callback=...): called with each update's metrics row and the agent; False stops.
 Callback = Callable[[dict[str, Any], "PPO"], bool | None]
@@ -75,29 +73,10 @@ class PPO:
         # on a busy machine they lose ten-fold.
         threadpool_limits(cfg.threads)
         torch.manual_seed(cfg.seed)
-        self.envs = make_vector_env(cfg, env)
-        self._make_env = single_env_maker(cfg, env)
-        spec = getattr(self.envs, "spec", None)
-        self.env_name = cfg.env_id if env is None else (spec.id if spec else type(env).__name__)
-        try:
-            self.encoder = ObsEncoder(self.envs.single_observation_space)
-            self.action_spec = ActionSpec(self.envs.single_action_space)
-        except ConfigError as e:
-            close_quietly(self.envs)
-            raise ConfigError(f"env {self.env_name}: {e}") from None
-        if self.encoder.dropped and self.verbose:
-            print(f"note: observation parts {', '.join(self.encoder.dropped)} are text and are "
-                  "not shown to the networks", file=sys.stderr)
-        if features_extractor is None and network is None:
-            try:  # before the networks and buffers are allocated
-                # Images are stored a byte a pixel: as float32 columns, a fourth of that.
-                image_bytes = sum(int(np.prod(shape))
-                                  for shape in self.encoder.image_shapes().values())
-                check_memory(cfg, self.encoder.width + -(-image_bytes // 4),
-                             self.action_spec.num_params)
-            except ConfigError:
-                self.envs.close()
-                raise
+        opened = open_envs(cfg, env, self.verbose,
+                           builtin_network=features_extractor is None and network is None)
+        self.envs, self._make_env, self.env_name = opened.envs, opened.make_one, opened.name
+        self.encoder, self.action_spec = opened.encoder, opened.action_spec
         self.model = build(self.encoder, self.action_spec, cfg, features_extractor,
                            network).to(self.device)
         check_trainable(self.model, cfg, self.envs.metadata.get("autoreset_mode"),
@@ -279,27 +258,9 @@ class PPO:
         fresh one) and `episode_start`, a bool per observation, True where it begins an
         episode (its state is reset first); it returns the state after the step, as
         Stable-Baselines3's RecurrentPPO does."""
-        one = self.encoder.batch_of_one(obs)
-        x = self.encoder(obs if one is None else one)
-        if not obs_len(x):
-            raise ValueError("predict: obs is an empty batch")
-        if not obs_finite(x).all():
-            raise ValueError("predict: obs is not finite (it holds NaN or Inf)")
-        if self.obs_normalizer is not None:
-            x = self.obs_normalizer(x)
-        n = obs_len(x)
-        mask = None if action_masks is None else np.asarray(action_masks, bool).reshape(n, -1)
-        rng = rng or self.action_rng
-        if self.policy.recurrent:
-            flat, state = self.policy.act_recurrent(
-                x, rng, deterministic, mask, recurrent_state(self.policy, state, n),
-                np.zeros(n, bool) if episode_start is None else
-                np.asarray(episode_start, bool).reshape(n))
-            state = state_arrays(state)
-        else:
-            flat, state = self.policy.act(x, rng, deterministic, mask), None
-        actions = self.action_spec.to_env(flat)
-        return (actions if one is None else self.action_spec.one_env(actions, 0)), state
+        return predict(self.policy, self.encoder, self.obs_normalizer, self.action_spec, obs,
+                       state, episode_start, deterministic, action_masks,
+                       rng or self.action_rng)
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | Path) -> Path:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import importlib
 import numbers
 import signal
+import sys
 import warnings
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -17,9 +18,10 @@ from gymnasium.envs.registration import EnvSpec
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
-from ppo.config import Config, ConfigError, refuse_unnamed_imports
+from ppo.config import Config, ConfigError, check_memory, refuse_unnamed_imports
 from ppo.episode_replay import ReplayableEpisodes
 from ppo.extras import require
+from ppo.spaces import ActionSpec, ObsEncoder
 
 EnvSource = str | gym.Env | Callable[[], gym.Env] | VectorEnv
 
@@ -298,3 +300,41 @@ def single_env_maker(cfg: Config, source: EnvSource | None) -> Callable[[], Any]
     if callable(source) and not isinstance(source, gym.Env | VectorEnv):
         return source
     return None
+
+
+class OpenedEnvs(NamedTuple):
+    """The training envs and what the networks need to know of them."""
+
+    envs: VectorEnv
+    make_one: Callable[[], Any] | None  # one more env like them (evaluation), if there is a way
+    name: str  # for messages: the env id, or the class of the user's env
+    encoder: ObsEncoder
+    action_spec: ActionSpec
+
+
+def open_envs(cfg: Config, source: EnvSource | None, verbose: bool,
+              builtin_network: bool) -> OpenedEnvs:
+    """The vector env the config (or the user's `source`) describes, with its spaces'
+    encoder and action heads; spaces ppo cannot take, and (for the built-in networks) runs
+    that could not fit in memory, are refused before anything large is allocated."""
+    envs = make_vector_env(cfg, source)
+    spec = getattr(envs, "spec", None)
+    name = cfg.env_id if source is None else (spec.id if spec else type(source).__name__)
+    try:
+        encoder = ObsEncoder(envs.single_observation_space)
+        action_spec = ActionSpec(envs.single_action_space)
+    except ConfigError as e:
+        close_quietly(envs)
+        raise ConfigError(f"env {name}: {e}") from None
+    if builtin_network:
+        # Images are stored a byte a pixel: as float32 columns, a fourth of that.
+        image_bytes = sum(int(np.prod(shape)) for shape in encoder.image_shapes().values())
+        try:
+            check_memory(cfg, encoder.width + -(-image_bytes // 4), action_spec.num_params)
+        except ConfigError:
+            close_quietly(envs)
+            raise
+    if encoder.dropped and verbose:
+        print(f"note: observation parts {', '.join(encoder.dropped)} are text and are not "
+              "shown to the networks", file=sys.stderr)
+    return OpenedEnvs(envs, single_env_maker(cfg, source), name, encoder, action_spec)

@@ -15,7 +15,7 @@ fresh ones on every call.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -23,7 +23,10 @@ import torch
 from ppo import distributions, sde
 from ppo.networks import ActorCritic
 from ppo.numpy_network import NumpyMLP, supports
-from ppo.spaces import ActionSpec, Obs, obs_tensor
+from ppo.spaces import ActionSpec, Obs, ObsEncoder, obs_finite, obs_len, obs_tensor
+
+if TYPE_CHECKING:
+    from ppo.normalization import ObsNormalizer
 
 
 class PolicyStep(NamedTuple):
@@ -178,3 +181,32 @@ def make_policy(model: ActorCritic, spec: ActionSpec) -> Policy:
         return RecurrentPolicy(model, spec)
     on_cpu = next(model.parameters()).device.type == "cpu"
     return (NumpyPolicy if on_cpu and supports(model) else TorchPolicy)(model, spec)
+
+
+def predict(policy: Policy, encoder: ObsEncoder, obs_normalizer: ObsNormalizer | None,
+            spec: ActionSpec, obs: Any, state: Any, episode_start: Any, deterministic: bool,
+            action_masks: Any, rng: np.random.Generator) -> tuple[Any, Any]:
+    """Env actions for one raw observation or a batch (PPO.predict): encoded, checked,
+    normalized with frozen statistics, acted on; a recurrent policy's state in and out."""
+    from ppo.recurrent import recurrent_state, state_arrays
+
+    one = encoder.batch_of_one(obs)
+    x = encoder(obs if one is None else one)
+    if not obs_len(x):
+        raise ValueError("predict: obs is an empty batch")
+    if not obs_finite(x).all():
+        raise ValueError("predict: obs is not finite (it holds NaN or Inf)")
+    if obs_normalizer is not None:
+        x = obs_normalizer(x)
+    n = obs_len(x)
+    mask = None if action_masks is None else np.asarray(action_masks, bool).reshape(n, -1)
+    if policy.recurrent:
+        flat, state = policy.act_recurrent(
+            x, rng, deterministic, mask, recurrent_state(policy, state, n),
+            np.zeros(n, bool) if episode_start is None else
+            np.asarray(episode_start, bool).reshape(n))
+        state = state_arrays(state)
+    else:
+        flat, state = policy.act(x, rng, deterministic, mask), None
+    actions = spec.to_env(flat)
+    return (actions if one is None else spec.one_env(actions, 0)), state
