@@ -19,7 +19,13 @@ from ppo.cli import main
 from ppo.config import ConfigError, from_dict, load_toml
 from ppo.tuning.space import SearchSpace, default_path
 from ppo.tuning.study import STUDY_FILE, STUDY_NAME, TuneSpec, build_spec
-from ppo.tuning.trial import Outcome, objective, steps_to_solve
+from ppo.tuning.trial import (
+    Outcome,
+    combine,
+    objective,
+    steps_to_solve,
+    steps_to_solve_over_seeds,
+)
 
 BASE = {"env_id": "CartPole-v1", "num_envs": 1, "rollout_steps": 64, "minibatch_size": 32,
         "epochs": 1}
@@ -136,6 +142,36 @@ def test_pruning_stops_the_run_at_the_evaluation_it_is_asked():
 
     out = steps_to_solve(config, math.inf, every=200, episodes=1, report=report)
     assert asked == [1, 2] and out.pruned and not out.solved
+
+
+def test_seeds_of_a_trial_combine_into_one_outcome():
+    lucky = Outcome(True, 2_000, -150.0, [(2_000, -150.0)])
+    unlucky = Outcome(False, 10_000, -400.0, [(2_000, -900.0), (10_000, -400.0)])
+    both = combine([lucky, unlucky])
+    assert not both.solved and both.steps == 6_000 and both.best_return == -400.0
+    assert len(both.evaluations) == 3 and not both.pruned
+    # The lucky seed alone would rank first; with its unlucky twin the trial ranks after
+    # every trial that solved on all its seeds.
+    assert objective(both, -200.0, 10_000) > objective(Outcome(True, 9_000, -190.0), -200.0,
+                                                        10_000)
+    assert combine([lucky, Outcome(True, 4_000, -180.0)]).steps == 3_000
+
+
+def test_a_trial_on_several_seeds_trains_each_and_reports_them_in_turn(tmp_path):
+    config = from_dict({**BASE, "total_timesteps": 256, "tensorboard": False,
+                        "run_dir": str(tmp_path / "run")})
+    asked = []
+
+    def report(index, value):
+        asked.append(index)
+        return False
+
+    out = steps_to_solve_over_seeds(config, 2, math.inf, every=128, episodes=1, report=report)
+    assert asked == [1, 2, 4, 5]  # seed 1's evaluations after seed 0's (3 a seed at most)
+    assert not out.solved and out.steps == 256 and len(out.evaluations) == 4
+    assert (tmp_path / "run0" / "metrics.csv").is_file()
+    assert (tmp_path / "run1" / "metrics.csv").is_file()
+    assert load_toml(tmp_path / "run1" / "config.toml")["seed"] == config.seed + 1
 
 
 # ---------------------------------------------------------------- the command

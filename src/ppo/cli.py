@@ -1019,6 +1019,9 @@ def compare(group_dirs: tuple[Path, ...], threshold: float | None, out: Path | N
               help="Episodes per evaluation (deterministic unless the settings say not).")
 @click.option("--seed", type=int, help="Seed of every trial's training and of the sampler "
               "(default: the settings' seed).")
+@click.option("--seeds-per-trial", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train each trial on this many seeds (--seed, --seed + 1, ...): solved "
+              "only if all solve, scored by their mean steps. One seed rewards luck.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="TOML file of settings the trials start from (the sampled ones replace "
               "theirs).")
@@ -1027,7 +1030,7 @@ def compare(group_dirs: tuple[Path, ...], threshold: float | None, out: Path | N
 def tune_command(env_id: str, trials: int, jobs: int, out: Path | None,
                  space_file: Path | None, target: float | None, budget: int | None,
                  eval_steps: int | None, eval_episodes: int, seed: int | None,
-                 config_file: Path | None, defaults: str) -> None:
+                 seeds_per_trial: int, config_file: Path | None, defaults: str) -> None:
     """Tune the settings for an env with Optuna (the tune extra): TPE sampling, median
     pruning on the evaluation return, objective the fewest env steps until an evaluation
     reaches the target. Writes best.toml for `ppo train --config`."""
@@ -1037,7 +1040,7 @@ def tune_command(env_id: str, trials: int, jobs: int, out: Path | None,
         from ppo.tuning.study import build_spec, check_spec, tune
 
         spec, space = build_spec(env_id, config_file, defaults, target, budget, eval_steps,
-                                 eval_episodes, seed, space_file)
+                                 eval_episodes, seed, space_file, seeds_per_trial)
         where = out or Path("tuning") / re.sub(r"[^A-Za-z0-9._-]+", "_", env_id)
         check_spec(where, spec)
         click.echo(f"tuning {env_id} in {where}: {trials} trials, {jobs} at a time; target "

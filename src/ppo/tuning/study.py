@@ -56,7 +56,8 @@ RUN_KEYS = {"run_dir", "seed", "checkpoint_every", "tensorboard", "track", "wand
 @dataclass(frozen=True)
 class TuneSpec:
     """What a study measures. `base`: the settings every trial starts from (the sampled ones
-    replace theirs); `space`: the search space as its file says it."""
+    replace theirs); `space`: the search space as its file says it; `seeds`: seeds each trial
+    trains on (trial.combine: solved only if all solved, mean steps)."""
 
     env_id: str
     target: float
@@ -66,6 +67,7 @@ class TuneSpec:
     seed: int
     base: dict[str, Any]
     space: dict[str, Any]
+    seeds: int = 1  # seeds per trial (seed, seed + 1, ...); its value combines them
 
     @property
     def evaluations(self) -> int:
@@ -203,9 +205,11 @@ def write_best(tune_dir: Path, study: optuna.Study, spec: TuneSpec) -> Path | No
               if a["solved"] else
               f"did not reach {spec.target:g} within {spec.budget} env steps\n# (best "
               f"evaluation {a['best_return']:.1f})")
+    seeds = (f"seeds {spec.seed}-{spec.seed + spec.seeds - 1} (mean)" if spec.seeds > 1
+             else f"seed {spec.seed}")
     header = (f"# Found by `ppo tune` for {spec.env_id} (Optuna: TPE sampling, median pruning),\n"
               f"# the best of {sum(map(_counts_as_done, study.trials))} trials: trial "
-              f"{best.number} {result}, seed {spec.seed}.\n"
+              f"{best.number} {result}, {seeds}.\n"
               "# Train with: ppo train --config best.toml\n")
     path = Path(tune_dir) / BEST_FILE
     write_atomic(path, (header + tomli_w.dumps(settings)).encode())
@@ -332,7 +336,8 @@ def _finish(tune_dir: Path, study: optuna.Study, spec: TuneSpec, trial: optuna.T
 
 def build_spec(env_id: str, config_file: Path | None, defaults: str, target: float | None,
                budget: int | None, eval_steps: int | None, eval_episodes: int,
-               seed: int | None, space_file: Path | None) -> tuple[TuneSpec, SearchSpace]:
+               seed: int | None, space_file: Path | None, seeds: int = 1
+               ) -> tuple[TuneSpec, SearchSpace]:
     """A study's definition from `ppo tune`'s options, checked: the base settings are the
     env's own (as `ppo train --env X` starts from), then the config file's."""
     from ppo import settings
@@ -361,5 +366,5 @@ def build_spec(env_id: str, config_file: Path | None, defaults: str, target: flo
                           "steps): no evaluation would happen before the end")
     space = SearchSpace.load(space_file, {**base, "total_timesteps": budget})
     spec = TuneSpec(env_id, float(target), budget, eval_steps, eval_episodes, seed, base,
-                    space.to_dict())
+                    space.to_dict(), seeds)
     return spec, space

@@ -105,6 +105,39 @@ def steps_to_solve(config: Config, target: float, every: int, episodes: int = 10
     return watch.outcome
 
 
+def combine(outcomes: list[Outcome]) -> Outcome:
+    """Runs of one trial on several seeds as one outcome: solved only if every seed solved,
+    the mean of their steps (the budget where unsolved), the worst of their best returns;
+    pruned if one was. A single lucky seed no longer decides a trial."""
+    steps = round(sum(o.steps for o in outcomes) / len(outcomes))
+    return Outcome(all(o.solved for o in outcomes), steps,
+                   min(o.best_return for o in outcomes),
+                   [e for o in outcomes for e in o.evaluations], any(o.pruned for o in outcomes))
+
+
+def steps_to_solve_over_seeds(config: Config, seeds: int, target: float, every: int,
+                              episodes: int = 10, report: Report | None = None,
+                              alive: Callable[[], bool] = lambda: True) -> Outcome:
+    """`steps_to_solve` on seeds config.seed, config.seed + 1, ... (each run in its own
+    `run<k>` beside config.run_dir), combined. Evaluations are reported to the pruner one
+    seed after the other (seed k's from index k x (budget / every + 1)), so trials compare at
+    like points; a pruned or abandoned trial stops there."""
+    outcomes: list[Outcome] = []
+    stride = config.total_timesteps // every + 1
+    for k in range(seeds):
+        seeded = config.replace(seed=config.seed + k)
+        if seeds > 1 and config.run_dir:
+            seeded = seeded.replace(run_dir=f"{config.run_dir}{k}")
+        outcomes.append(steps_to_solve(
+            seeded, target, every, episodes,
+            None if report is None else lambda index, value, k=k: report(k * stride + index,
+                                                                          value),
+            alive))
+        if outcomes[-1].pruned or not alive():
+            break
+    return combine(outcomes)
+
+
 # ---------------------------------------------------------------------- a trial's process
 def write_outcome(trial_dir: Path, outcome: Outcome) -> None:
     from ppo.checkpoint import write_atomic
@@ -141,8 +174,9 @@ def run(tune_dir: Path, number: int) -> None:
         return trial.should_prune()
 
     parent = os.getppid()
-    outcome = steps_to_solve(config, spec.target, spec.eval_steps, spec.eval_episodes, report,
-                             alive=lambda: os.getppid() == parent)
+    outcome = steps_to_solve_over_seeds(config, spec.seeds, spec.target, spec.eval_steps,
+                                        spec.eval_episodes, report,
+                                        alive=lambda: os.getppid() == parent)
     if os.getppid() == parent:  # an orphan (its tuning run was killed) leaves no outcome
         write_outcome(here, outcome)
 
