@@ -1,4 +1,4 @@
-"""Hostile probe of the `ppo` command and Python API: untrusted files and bad input.
+#!/usr/bin/env python3
 """Hostile probe of the `ppo` command and Python API: untrusted files and bad input.
 
 Runs 263 attempts a hostile or careless user could make, in nine categories, each in a
