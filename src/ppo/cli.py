@@ -231,7 +231,7 @@ def _report_error(line: str, secondary: bool) -> None:
 
 
 def default_run_dir(cfg: Config, seed: bool = True) -> str:
-    """runs/<env>__<seed>__<time>; without the seed for a group of seeds."""
+    """runs/<env>__<random seed>__<time>; without the random seed for a group of seeds."""
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     env = re.sub(r"[^A-Za-z0-9._-]+", "_", cfg.env_id)
     return str(Path("runs") / "__".join([env, *([str(cfg.seed)] if seed else []), stamp]))
@@ -767,7 +767,8 @@ class _ClosablePipe:
         return getattr(self.stream, name)
 
 
-# What defines a group of seeds: everything but the seed and what a resumed run may change.
+# What defines a group of seeds: everything but the random seed and what a resumed run may
+# change.
 GROUP_FILE = "group.toml"
 
 
@@ -789,8 +790,8 @@ def _train_seeds(seed_list: str, jobs: int, config_file: Path | None, preset: st
                                            ("--resume", resume_dir is not None),
                                            ("--nproc", nproc is not None)) if given_it]
     if clashes:
-        raise ConfigError(f"--seeds takes no {', '.join(clashes)}: it sets the seed of each "
-                          "run, and the same command resumes the group")
+        raise ConfigError(f"--seeds takes no {', '.join(clashes)}: it sets the random seed "
+                          "of each run, and the same command resumes the group")
     cfg, source = _resolve(config_file, preset, defaults, given)
     group = Path(cfg.run_dir or default_run_dir(cfg, seed=False))
     settings = {k: v for k, v in cfg.to_dict().items()

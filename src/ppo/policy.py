@@ -23,6 +23,7 @@ import torch
 from ppo import distributions, sde
 from ppo.networks import ActorCritic
 from ppo.numpy_network import NumpyMLP, supports
+from ppo.recurrent import recurrent_state, state_arrays
 from ppo.spaces import ActionSpec, Obs, ObsEncoder, obs_finite, obs_len, obs_tensor
 
 if TYPE_CHECKING:
@@ -188,8 +189,6 @@ def predict(policy: Policy, encoder: ObsEncoder, obs_normalizer: ObsNormalizer |
             action_masks: Any, rng: np.random.Generator) -> tuple[Any, Any]:
     """Env actions for one raw observation or a batch (PPO.predict): encoded, checked,
     normalized with frozen statistics, acted on; a recurrent policy's state in and out."""
-    from ppo.recurrent import recurrent_state, state_arrays
-
     one = encoder.batch_of_one(obs)
     x = encoder(obs if one is None else one)
     if not obs_len(x):
