@@ -147,8 +147,8 @@ def _share_runs_without_a_file(runs: dict[tuple[str, str], list[Path]]) -> None:
     its task-settings row is the kind-settings runs, not a second set of the same runs."""
     from ppo.settings import task_file
 
-    task_label, kind_label = (next(label for label, d in zoo.VARIANTS.items() if d == which)
-                              for which in ("task", "kind"))
+    label_of = {defaults: label for label, defaults in zoo.VARIANTS.items()}
+    task_label, kind_label = label_of["task"], label_of["kind"]
     for task, label in list(runs):
         if label == task_label and task_file(task) is None and (task, kind_label) in runs:
             runs[(task, task_label)] = runs[(task, kind_label)]
